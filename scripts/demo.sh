@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Installs what it needs (scripts/setup.sh), then runs the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/sidecar --help
