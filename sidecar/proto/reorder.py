@@ -1,0 +1,256 @@
+"""The GRE reorder queue: puts packets that a network delivered out of order back in sequence.
+
+Rules: this module knows sequence numbers (32-bit, RFC 1982 via :mod:`sidecar.proto.serial`), arrival
+times and opaque items; it does not know GRE, PPP or who the peer is. Sans-IO: time comes in as
+``now``; the caller asks :meth:`ReorderQueue.next_deadline` and calls :meth:`ReorderQueue.timeout`.
+
+Theory of operation
+-------------------
+``expected`` is the next sequence number to deliver; the first pushed packet sets it. For a pushed
+packet at forward distance ``d = seq - expected``:
+
+* ``d == 0``: delivered at once, followed by every buffered packet that is now contiguous.
+* ``1 <= d <= window``: buffered (counted ``buffered``), waiting for the gap in front of it. A
+  second copy of a buffered packet is dropped (``duplicate``); the first copy stays.
+* ``d > window``: dropped (``over_window``). This is the DoS guard: one stray far-ahead packet can
+  neither grow the buffer nor make us skip. A genuine jump (a burst of loss longer than the window)
+  is recognised when :data:`RESYNC_AFTER` consecutive over-window packets are each close (within
+  ``max(window, 16)``) to the previous one: the queue then gives up everything in front of the newest
+  one (buffered packets are delivered first, in order; the missing ones count as ``lost``) and
+  continues from it.
+* ``d < 0``: dropped. It is ``late`` when it is one we already gave up on (remembered for the last
+  :data:`LOST_HISTORY` give-ups), otherwise ``duplicate`` (we already delivered it).
+
+A gap is given up after ``timeout`` seconds, measured from the arrival of the oldest packet waiting
+behind it: the waiting packets up to the next gap are delivered, the missing ones count as ``lost``
+and ``timeouts`` counts the give-up. If another gap follows, its clock is again the arrival of the
+oldest packet still waiting behind it, so a second gap whose packets have already waited
+``timeout`` is given up in the same call (no packet ever waits much longer than ``timeout``).
+``push`` also gives up expired gaps, so a caller that is late calling ``timeout`` loses nothing.
+
+Window 0 means no buffering: a packet ahead of ``expected`` is delivered at once (the skipped numbers
+count as ``lost``, the packet as ``in_order``); older packets and duplicates are still dropped, so an
+older packet is never delivered after a newer one, in any mode. The far-ahead guard then uses
+:data:`IMMEDIATE_GUARD` instead of the window.
+
+Counters: every pushed packet lands in exactly one of ``in_order``, ``buffered``, ``late``,
+``duplicate``, ``over_window``. ``from_buffer`` counts deliveries out of the buffer; ``lost`` counts
+sequence numbers skipped; ``timeouts`` counts gaps given up by the timer. At any moment
+``buffered == from_buffer + len(queue)``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from sidecar.proto.serial import SERIAL_HALF, SERIAL_MASK, serial_diff
+
+T = TypeVar("T")
+
+RESYNC_AFTER: Final = 4
+"""Consecutive, mutually close over-window packets after which the queue jumps to them."""
+IMMEDIATE_GUARD: Final = 4096
+"""Window-0 mode: how far ahead a packet may be and still be delivered (beyond: over-window)."""
+LOST_HISTORY: Final = 32
+"""How many given-up gaps are remembered to tell ``late`` from ``duplicate``."""
+_RESYNC_MIN_SPREAD: Final = 16
+
+
+@dataclass
+class ReorderCounters:
+    in_order: int = 0
+    buffered: int = 0
+    from_buffer: int = 0
+    late: int = 0
+    duplicate: int = 0
+    over_window: int = 0
+    lost: int = 0
+    timeouts: int = 0
+
+
+class ReorderQueue(Generic[T]):
+    """Bounded reorder buffer over 32-bit sequence numbers; holds at most ``window`` items."""
+
+    __slots__ = (
+        "_arrival",
+        "_buf",
+        "_expected",
+        "_gap_since",
+        "_lost_ranges",
+        "_resync_count",
+        "_resync_last",
+        "counters",
+        "timeout_s",
+        "window",
+    )
+
+    def __init__(self, window: int, timeout: float) -> None:
+        if not isinstance(window, int) or window < 0 or window >= SERIAL_HALF // 2:
+            raise ValueError(f"reorder window must be an integer 0..{SERIAL_HALF // 2 - 1}, got {window!r}")
+        if not timeout >= 0:
+            raise ValueError(f"reorder timeout must be >= 0 seconds, got {timeout!r}")
+        self.window: int = window
+        self.timeout_s: float = float(timeout)
+        self.counters = ReorderCounters()
+        self._expected: int | None = None
+        self._buf: dict[int, T] = {}
+        self._arrival: dict[int, float] = {}
+        self._gap_since: float | None = None
+        self._lost_ranges: deque[tuple[int, int]] = deque(maxlen=LOST_HISTORY)
+        self._resync_last: int = 0
+        self._resync_count: int = 0
+
+    # -- introspection -------------------------------------------------------------------------
+    @property
+    def expected(self) -> int | None:
+        """Next sequence number to deliver (None before the first push)."""
+        return self._expected
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def next_deadline(self) -> float | None:
+        if self._gap_since is None:
+            return None
+        return self._gap_since + self.timeout_s
+
+    # -- entry points --------------------------------------------------------------------------
+    def push(self, seq: int, item: T, now: float) -> list[T]:
+        """Offer one packet; returns the items now deliverable, in sequence order."""
+        expected = self._expected
+        if expected is None:
+            self._expected = (seq + 1) & SERIAL_MASK
+            self.counters.in_order += 1
+            return [item]
+        d = ((seq - expected + SERIAL_HALF) & SERIAL_MASK) - SERIAL_HALF
+        if d == 0 and not self._buf:
+            # The fast path: in order, nothing waiting.
+            self._expected = (seq + 1) & SERIAL_MASK
+            self._resync_count = 0
+            self.counters.in_order += 1
+            return [item]
+        out: list[T]
+        if d < 0:
+            self._drop_old(seq)
+            out = []
+        elif d == 0:
+            self._resync_count = 0
+            self.counters.in_order += 1
+            self._expected = (seq + 1) & SERIAL_MASK
+            out = [item]
+            self._drain(out)
+        elif self.window == 0:
+            if d > IMMEDIATE_GUARD and not self._resync(seq):
+                self.counters.over_window += 1
+                return []
+            self._resync_count = 0
+            self._skip(expected, d)
+            self.counters.in_order += 1
+            self._expected = (seq + 1) & SERIAL_MASK
+            return [item]
+        elif d <= self.window:
+            self._resync_count = 0
+            if seq in self._buf:
+                self.counters.duplicate += 1
+            else:
+                self._buf[seq] = item
+                self._arrival[seq] = now
+                self.counters.buffered += 1
+                if self._gap_since is None or now < self._gap_since:
+                    self._gap_since = now
+            out = []
+        elif self._resync(seq):
+            # A genuine jump: deliver what waits (it is older), skip to this packet.
+            out = []
+            self._flush_all(out)
+            assert self._expected is not None
+            self._skip(self._expected, serial_diff(seq, self._expected))
+            self.counters.in_order += 1
+            self._expected = (seq + 1) & SERIAL_MASK
+            out.append(item)
+            return out
+        else:
+            self.counters.over_window += 1
+            out = []
+        if self._gap_since is not None and now >= self._gap_since + self.timeout_s:
+            self._expire(now, out)
+        return out
+
+    def timeout(self, now: float) -> list[T]:
+        """Give up every gap whose oldest waiting packet has waited ``timeout``; returns deliveries."""
+        out: list[T] = []
+        if self._gap_since is not None and now >= self._gap_since + self.timeout_s:
+            self._expire(now, out)
+        return out
+
+    def flush(self) -> list[T]:
+        """Deliver everything buffered (gaps counted lost), e.g. when the session ends."""
+        out: list[T] = []
+        self._flush_all(out)
+        return out
+
+    # -- internals -----------------------------------------------------------------------------
+    def _drop_old(self, seq: int) -> None:
+        for start, count in self._lost_ranges:
+            if 0 <= serial_diff(seq, start) < count:
+                self.counters.late += 1
+                return
+        self.counters.duplicate += 1
+
+    def _resync(self, seq: int) -> bool:
+        """Track a run of over-window packets; True when the run is long enough to jump to ``seq``."""
+        spread = max(self.window, _RESYNC_MIN_SPREAD)
+        if self._resync_count and abs(serial_diff(seq, self._resync_last)) <= spread:
+            self._resync_count += 1
+        else:
+            self._resync_count = 1
+        self._resync_last = seq
+        if self._resync_count >= RESYNC_AFTER:
+            self._resync_count = 0
+            return True
+        return False
+
+    def _skip(self, start: int, count: int) -> None:
+        """Give up ``count`` sequence numbers from ``start`` (count lost, remember for ``late``)."""
+        if count > 0:
+            self.counters.lost += count
+            self._lost_ranges.append((start, count))
+
+    def _drain(self, out: list[T]) -> None:
+        """Move every contiguous buffered item at ``expected`` to ``out``; fix the gap clock."""
+        buf = self._buf
+        if not buf:
+            return
+        expected = self._expected
+        assert expected is not None
+        arrival = self._arrival
+        n = 0
+        while expected in buf:
+            out.append(buf.pop(expected))
+            del arrival[expected]
+            expected = (expected + 1) & SERIAL_MASK
+            n += 1
+        self._expected = expected
+        self.counters.from_buffer += n
+        if n:
+            self._gap_since = min(arrival.values()) if arrival else None
+
+    def _expire(self, now: float, out: list[T]) -> None:
+        while self._gap_since is not None and now >= self._gap_since + self.timeout_s:
+            self._give_up_gap(out)
+            self.counters.timeouts += 1
+
+    def _give_up_gap(self, out: list[T]) -> None:
+        """Skip the gap at ``expected`` to the oldest-numbered buffered packet and deliver from there."""
+        expected = self._expected
+        assert expected is not None and self._buf
+        nearest = min(self._buf, key=lambda s: serial_diff(s, expected))
+        self._skip(expected, serial_diff(nearest, expected))
+        self._expected = nearest
+        self._drain(out)
+
+    def _flush_all(self, out: list[T]) -> None:
+        while self._buf:
+            self._give_up_gap(out)
