@@ -22,6 +22,32 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Final
+
+_FLAG_S: Final = 0x10  # GRE byte 0: sequence number present
+_FLAG_A: Final = 0x80  # GRE byte 1: acknowledgement number present
+
+
+def is_data_packet(packet: bytes | memoryview) -> bool:
+    """True for an enhanced GRE packet that carries a PPP network-layer datagram (IP, or MPPE's
+    0x00FD): the packets to reorder. PPP control (LCP, auth, CCP, IPCP: protocols 0x8000 and up),
+    ack-only packets and anything unparsable are False and go out untouched, so negotiation is
+    never disturbed (RFC 1661 §2: protocol values 0x0xxx-0x3xxx are network-layer datagrams)."""
+    if len(packet) < 8 or not packet[0] & _FLAG_S:
+        return False
+    offset = 12 + (4 if packet[1] & _FLAG_A else 0)
+    if len(packet) < offset + 1:
+        return False
+    if packet[offset : offset + 2] == b"\xff\x03":
+        offset += 2
+    if len(packet) <= offset:
+        return False
+    first = packet[offset]
+    if first & 1:  # compressed one-byte protocol field (RFC 1661 §6.5)
+        return True  # one-byte protocols are all below 0x100: network layer
+    if len(packet) < offset + 2:
+        return False
+    return (first << 8 | packet[offset + 1]) < 0x4000
 
 
 @dataclass

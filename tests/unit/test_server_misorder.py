@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.proto.reorder import ReorderQueue
-from sidecar.server.misorder import DeliberateReorderer
+from sidecar.server.misorder import DeliberateReorderer, is_data_packet
 
 
 def run(fraction: float, seed: int, n: int, *, max_held: int = 4) -> list[bytes]:
@@ -95,3 +95,37 @@ def test_permutation_absorbed_by_a_reorder_queue(fraction: float, seed: int, n: 
         delivered += q.push(int.from_bytes(pkt, "big"), pkt, now=0.0)
     assert delivered == [i.to_bytes(4, "big") for i in range(n)]
     assert q.counters.lost == 0 and q.counters.late == 0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "acfc", "pfc", "data"),
+    [
+        (0x0021, False, False, True),  # IPv4
+        (0x0021, True, True, True),
+        (0x00FD, False, False, True),  # MPPE
+        (0x00FD, True, True, True),
+        (0x0057, False, True, True),  # IPv6
+        (0xC021, False, False, False),  # LCP
+        (0xC021, True, False, False),
+        (0xC223, False, False, False),  # CHAP
+        (0x80FD, False, False, False),  # CCP
+        (0x8021, True, False, False),  # IPCP
+    ],
+)
+@pytest.mark.parametrize("ack", [None, 77])
+def test_is_data_packet(protocol: int, acfc: bool, pfc: bool, data: bool, ack: int | None) -> None:
+    from scapy.layers.l2 import GRE_PPTP
+
+    frame = b"" if acfc else b"\xff\x03"
+    frame += bytes([protocol]) if pfc and protocol < 0x100 else protocol.to_bytes(2, "big")
+    frame += b"\x01\x02\x03\x04"
+    gre = GRE_PPTP(call_id=9, seqnum_present=1, sequence_number=3, acknum_present=int(ack is not None),
+                   ack_number=ack or 0) / frame  # fmt: skip
+    assert is_data_packet(bytes(gre)) is data
+
+
+def test_ack_only_and_garbage_are_not_data() -> None:
+    from scapy.layers.l2 import GRE_PPTP
+
+    assert is_data_packet(bytes(GRE_PPTP(call_id=9, acknum_present=1, ack_number=5))) is False
+    assert is_data_packet(b"") is False and is_data_packet(b"\x30\x81\x88\x0b\x00\x04\x00\x01") is False
