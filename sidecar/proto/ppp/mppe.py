@@ -1,0 +1,391 @@
+"""MPPE: Microsoft Point-to-Point Encryption (RFC 3078) and its keys (RFC 3079).
+
+What lives here:
+
+- the CCP option 18 ("MPPE") bit constants and helpers to build and parse its 4-byte value;
+- :class:`MppePolicy` (what the link does when the peer will not encrypt);
+- :class:`MppeKeySource`: the key material that MS-CHAPv1/v2 authentication leaves behind, turned
+  into start keys on demand (RFC 3079 §2 and §3); it never shows its material;
+- :class:`MppeCodec`: encrypt/decrypt of PPP data frames with the 2-byte MPPE header, rekeying
+  (stateless: before every packet; stateful: every 256 packets, and when the flushed bit is set)
+  and loss handling.
+
+What does not live here: CCP negotiation and Reset-Request/Reset-Ack packets (``ccp.py`` and
+``link.py``), dropping unencrypted frames once MPPE is up (the link does that), compression (MPPC,
+the C bit, is refused). This module does not know whether it is the client or the server; only
+:meth:`MppeKeySource.start_keys` asks, because the two directions use different keys.
+
+Theory of operation (RFC 3078 §3 and §7, RFC 3079 §3):
+
+Each direction has a *start key* (8 octets for 40/56-bit, 16 for 128-bit). The first session key is
+``GetNewKeyFromSHA(start, start)``, reduced (40-bit: the first three octets become D1 26 9E; 56-bit:
+the first octet becomes D1). A rekey computes ``interim = GetNewKeyFromSHA(start, current)``, then
+``new = RC4(interim).encrypt(interim)`` and reduces it. The RC4 cipher is re-initialised with the new
+session key.
+
+The header is ``A B C D`` flag bits and a 12-bit coherency count that increments per packet (mod
+4096). Stateless mode: every packet is sent with a fresh key (and the A bit); the receiver rekeys
+once per count step, so a gap only means more rekeys. Stateful mode: one RC4 stream across packets;
+the key changes on "flag" packets (count low octet 0xFF, sent with the A bit) and after a CCP
+Reset-Request (the next packet carries the A bit). A receiver that sees a gap cannot recover the RC4
+stream: it sets :attr:`MppeCodec.needs_reset` (the link sends CCP Reset-Request) and drops until a
+packet with the A bit arrives, then rekeys once per skipped flag packet plus once for the flush.
+The first packet has count 0 (both counters start at 4095), as Windows and Linux do.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
+
+from sidecar.proto.errors import PppError
+
+# --- CCP option 18 -------------------------------------------------------------------------------
+
+CCP_OPTION_MPPE: Final = 18
+MPPE_H: Final = 0x01000000  # stateless mode ("history-less")
+MPPE_M: Final = 0x00000080  # 56-bit
+MPPE_S: Final = 0x00000040  # 128-bit
+MPPE_L: Final = 0x00000020  # 40-bit
+MPPE_D: Final = 0x00000010  # obsolete (was 56-bit in drafts); never offered
+MPPE_C: Final = 0x00000001  # MPPC compression: refused
+
+_BIT_FOR_KEY: Final = {40: MPPE_L, 56: MPPE_M, 128: MPPE_S}
+KEY_BITS: Final = frozenset(_BIT_FOR_KEY)
+
+
+class MppePolicy(enum.Enum):
+    REQUIRE = "require"  # no encryption -> link fails
+    OPTIONAL = "optional"  # encrypt if the peer agrees, else run in the clear
+    REFUSE = "refuse"  # never negotiate MPPE
+
+
+@dataclass(frozen=True)
+class MppeOption:
+    """The parsed value of CCP option 18."""
+
+    key_bits: frozenset[int]
+    stateless: bool
+    mppc: bool = False
+    unknown_bits: int = 0  # bits we do not know (incl. the obsolete D bit)
+
+    def to_bits(self) -> int:
+        return mppe_option_bits(self.key_bits, stateless=self.stateless) | (MPPE_C if self.mppc else 0)
+
+    def strongest(self) -> int | None:
+        return strongest_key_bits(self.key_bits)
+
+
+def mppe_option_bits(key_bits: Iterable[int], *, stateless: bool) -> int:
+    bits = MPPE_H if stateless else 0
+    for k in key_bits:
+        try:
+            bits |= _BIT_FOR_KEY[k]
+        except KeyError:
+            raise PppError(f"MPPE key length {k} bits is not one of 40, 56, 128") from None
+    return bits
+
+
+def build_mppe_option(key_bits: Iterable[int], *, stateless: bool) -> bytes:
+    """The 4-byte value of CCP option 18 (without the type/length octets)."""
+    return mppe_option_bits(key_bits, stateless=stateless).to_bytes(4, "big")
+
+
+def parse_mppe_option(value: bytes | memoryview) -> MppeOption:
+    if len(value) != 4:
+        raise PppError(f"CCP MPPE option value must be 4 octets, got {len(value)}")
+    bits = int.from_bytes(value, "big")
+    keys = frozenset(k for k, b in _BIT_FOR_KEY.items() if bits & b)
+    known = MPPE_H | MPPE_M | MPPE_S | MPPE_L | MPPE_C
+    return MppeOption(
+        key_bits=keys, stateless=bool(bits & MPPE_H), mppc=bool(bits & MPPE_C), unknown_bits=bits & ~known
+    )
+
+
+def strongest_key_bits(key_bits: Iterable[int]) -> int | None:
+    usable = [k for k in key_bits if k in KEY_BITS]
+    return max(usable) if usable else None
+
+
+# --- RFC 3079 key derivation ---------------------------------------------------------------------
+
+_SHS_PAD1: Final = b"\x00" * 40
+_SHS_PAD2: Final = b"\xf2" * 40
+_MAGIC1: Final = b"This is the MPPE Master Key"
+_MAGIC2: Final = b"On the client side, this is the send key; on the server side, it is the receive key."
+_MAGIC3: Final = b"On the client side, this is the receive key; on the server side, it is the send key."
+
+
+def session_key_length(key_bits: int) -> int:
+    if key_bits == 128:
+        return 16
+    if key_bits in (40, 56):
+        return 8
+    raise PppError(f"MPPE key length {key_bits} bits is not one of 40, 56, 128")
+
+
+def get_master_key(password_hash_hash: bytes, nt_response: bytes) -> bytes:
+    """RFC 3079 §3.4 GetMasterKey (MS-CHAPv2)."""
+    return hashlib.sha1(password_hash_hash + nt_response + _MAGIC1).digest()[:16]
+
+
+def get_asymmetric_start_key(master_key: bytes, length: int, *, is_send: bool, is_server: bool) -> bytes:
+    """RFC 3079 §3.4 GetAsymmetricStartKey: the client's send key is the server's receive key."""
+    magic = _MAGIC3 if is_send == is_server else _MAGIC2
+    return hashlib.sha1(master_key + _SHS_PAD1 + magic + _SHS_PAD2).digest()[:length]
+
+
+def get_new_key_from_sha(start_key: bytes, session_key: bytes, length: int) -> bytes:
+    """RFC 3079 §3.3 / RFC 3078 §7.3 GetNewKeyFromSHA."""
+    return hashlib.sha1(start_key[:length] + _SHS_PAD1 + session_key[:length] + _SHS_PAD2).digest()[:length]
+
+
+def mschap_v1_start_key(password_hash_hash: bytes, challenge: bytes) -> bytes:
+    """RFC 3079 §2.4 Get_Start_Key for MS-CHAPv1 (16 octets; the same key in both directions).
+
+    40/56-bit keys use its first 8 octets, as Linux pppd and Windows do with NT hashes (the LAN
+    Manager hash variant of RFC 3079 §2.1/§2.2 is not implemented: we never compute LM hashes).
+    """
+    return hashlib.sha1(password_hash_hash + password_hash_hash + challenge).digest()[:16]
+
+
+def reduce_key(key: bytes, key_bits: int) -> bytes:
+    """RFC 3079 §3.1-§3.2: weaken a 64-bit key to 40 or 56 effective bits."""
+    if key_bits == 40:
+        return b"\xd1\x26\x9e" + key[3:8]
+    if key_bits == 56:
+        return b"\xd1" + key[1:8]
+    return key
+
+
+class MppeKeySource:
+    """The MPPE start keys an MS-CHAP authentication produced. Never shows its material."""
+
+    __slots__ = ("_material", "_method")
+
+    def __init__(self, method: str, material: bytes) -> None:
+        self._method = method  # "MS-CHAPv1" | "MS-CHAPv2"
+        self._material = material  # v2: MasterKey; v1: the 16-octet start key
+
+    @classmethod
+    def from_mschap_v2(cls, password_hash_hash: bytes, nt_response: bytes) -> MppeKeySource:
+        return cls("MS-CHAPv2", get_master_key(password_hash_hash, nt_response))
+
+    @classmethod
+    def from_mschap_v1(cls, password_hash_hash: bytes, challenge: bytes) -> MppeKeySource:
+        return cls("MS-CHAPv1", mschap_v1_start_key(password_hash_hash, challenge))
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    def start_keys(self, key_bits: int, *, is_server: bool) -> tuple[bytes, bytes]:
+        """(send start key, receive start key) for this side."""
+        length = session_key_length(key_bits)
+        if self._method == "MS-CHAPv1":
+            key = self._material[:length]
+            return key, key
+        send = get_asymmetric_start_key(self._material, length, is_send=True, is_server=is_server)
+        recv = get_asymmetric_start_key(self._material, length, is_send=False, is_server=is_server)
+        return send, recv
+
+    def __repr__(self) -> str:
+        return f"MppeKeySource({self._method}, material=***)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("MPPE key material cannot be pickled")
+
+
+# --- the codec -----------------------------------------------------------------------------------
+
+HEADER_A: Final = 0x80  # flushed
+HEADER_B: Final = 0x40  # MPPC: packet at front of history buffer
+HEADER_C: Final = 0x20  # MPPC: compressed
+HEADER_D: Final = 0x10  # encrypted
+CCOUNT_SPACE: Final = 4096
+_CCOUNT_MASK: Final = 0x0FFF
+_MAX_STATELESS_GAP: Final = CCOUNT_SPACE // 2  # beyond this, a packet is late, not ahead
+
+
+def _rc4(key: bytes) -> CipherContext:
+    return Cipher(ARC4(key), mode=None).encryptor()
+
+
+class _Direction:
+    """Key schedule and RC4 state of one direction."""
+
+    __slots__ = ("ccount", "key_bits", "length", "rc4", "session", "start")
+
+    def __init__(self, start_key: bytes, key_bits: int) -> None:
+        length = session_key_length(key_bits)
+        if len(start_key) < length:
+            raise PppError(f"MPPE {key_bits}-bit start key must be at least {length} octets")
+        self.key_bits = key_bits
+        self.length = length
+        self.start = start_key[:length]
+        self.session = reduce_key(get_new_key_from_sha(self.start, self.start, length), key_bits)
+        self.rc4 = _rc4(self.session)
+        self.ccount = _CCOUNT_MASK  # first packet carries count 0
+
+    def next_session_key(self) -> None:
+        """RFC 3078 §7.3: new session key (without touching the RC4 stream)."""
+        interim = get_new_key_from_sha(self.start, self.session, self.length)
+        self.session = reduce_key(_rc4(interim).update(interim), self.key_bits)
+
+    def rekey(self, times: int = 1) -> None:
+        for _ in range(times):
+            self.next_session_key()
+        self.rc4 = _rc4(self.session)
+
+    def restart_rc4(self) -> None:
+        self.rc4 = _rc4(self.session)
+
+
+@dataclass
+class MppeCounters:
+    encrypted: int = 0
+    decrypted: int = 0
+    tx_rekeys: int = 0
+    rx_rekeys: int = 0
+    tx_flushed: int = 0  # packets sent with the A bit after a Reset-Request
+    dropped_short: int = 0
+    dropped_unencrypted: int = 0  # D bit clear
+    dropped_compressed: int = 0  # C bit set (MPPC, which we refuse)
+    dropped_not_flushed: int = 0  # stateless packet or flag packet without the A bit
+    dropped_late: int = 0  # stateless: count behind or equal to the last one
+    dropped_resync: int = 0  # stateful: dropped while waiting for a flushed packet
+    losses: int = 0  # stateful: coherency gaps detected (each asks for a CCP Reset-Request)
+    resyncs: int = 0  # stateful: recovered with a flushed packet
+
+
+class MppeCodec:
+    """Encrypts and decrypts PPP frames (protocol field + payload) for one MPPE session.
+
+    ``encrypt`` returns the MPPE header + ciphertext, to be sent under PPP protocol 0x00FD.
+    ``decrypt`` returns the plaintext (PPP protocol field + payload) or None (dropped, counted).
+    """
+
+    __slots__ = (
+        "_rx",
+        "_tx",
+        "_tx_flush",
+        "counters",
+        "key_bits",
+        "needs_reset",
+        "resync_pending",
+        "stateful",
+    )
+
+    def __init__(self, send_key: bytes, recv_key: bytes, key_bits: int, stateful: bool) -> None:
+        self.key_bits = key_bits
+        self.stateful = stateful
+        self._tx = _Direction(send_key, key_bits)
+        self._rx = _Direction(recv_key, key_bits)
+        self._tx_flush = False
+        # needs_reset: set on a stateful gap; the link sends a CCP Reset-Request and may clear it.
+        # resync_pending: we drop packets until one with the A bit arrives (the codec clears it).
+        self.needs_reset = False
+        self.resync_pending = False
+        self.counters = MppeCounters()
+
+    def __repr__(self) -> str:
+        mode = "stateful" if self.stateful else "stateless"
+        return f"MppeCodec({self.key_bits}-bit, {mode}, keys=***)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("MPPE key material cannot be pickled")
+
+    def reset_requested(self) -> None:
+        """The peer sent CCP Reset-Request: the next packet is flushed (A bit, new key)."""
+        self._tx_flush = True
+
+    def encrypt(self, plaintext: bytes | memoryview) -> bytes:
+        tx = self._tx
+        count = (tx.ccount + 1) & _CCOUNT_MASK
+        tx.ccount = count
+        flags = HEADER_D
+        if not self.stateful or (count & 0xFF) == 0xFF or self._tx_flush:
+            if self._tx_flush:
+                self.counters.tx_flushed += 1
+                self._tx_flush = False
+            tx.next_session_key()
+            tx.rc4 = _rc4(tx.session)
+            self.counters.tx_rekeys += 1
+            flags |= HEADER_A
+        self.counters.encrypted += 1
+        return bytes(((flags | (count >> 8)), count & 0xFF)) + tx.rc4.update(plaintext)
+
+    def decrypt(self, data: bytes | memoryview) -> bytes | None:
+        c = self.counters
+        if len(data) < 3:
+            c.dropped_short += 1
+            return None
+        b0 = data[0]
+        if not b0 & HEADER_D:
+            c.dropped_unencrypted += 1
+            return None
+        if b0 & HEADER_C:
+            c.dropped_compressed += 1
+            return None
+        count = ((b0 & 0x0F) << 8) | data[1]
+        flushed = bool(b0 & HEADER_A)
+        rx = self._rx
+        if not self.stateful:
+            if not flushed:
+                c.dropped_not_flushed += 1
+                return None
+            step = (count - rx.ccount) & _CCOUNT_MASK
+            if step == 0 or step > _MAX_STATELESS_GAP:
+                c.dropped_late += 1
+                return None
+            rx.rekey(step)
+            c.rx_rekeys += step
+            rx.ccount = count
+        else:
+            is_flag = (count & 0xFF) == 0xFF
+            if is_flag and not flushed:
+                c.dropped_not_flushed += 1
+                return None
+            step = (count - rx.ccount) & _CCOUNT_MASK
+            if not self.resync_pending and (step == 0 or step > _MAX_STATELESS_GAP):
+                # a duplicate or reordered old packet: its key stream is gone, but nothing is lost
+                c.dropped_late += 1
+                return None
+            if step == 1 and not self.resync_pending:
+                if flushed:
+                    rx.rekey()
+                    c.rx_rekeys += 1
+            elif flushed:
+                # Resynchronise: one rekey per flag packet we missed in [last + 1, count), then one
+                # for this flushed packet.
+                skipped = 0
+                probe = (rx.ccount + 1) & _CCOUNT_MASK
+                while (probe & ~0xFF) != (count & ~0xFF):
+                    skipped += 1
+                    probe = (probe + 256) & _CCOUNT_MASK
+                rx.rekey(skipped + 1)
+                c.rx_rekeys += skipped + 1
+                c.resyncs += 1
+                self.resync_pending = False
+                self.needs_reset = False
+            else:
+                if self.resync_pending:
+                    c.dropped_resync += 1
+                else:
+                    c.losses += 1
+                    self.resync_pending = True
+                    self.needs_reset = True
+                return None
+            rx.ccount = count
+        c.decrypted += 1
+        return bytes(rx.rc4.update(data[2:]))
