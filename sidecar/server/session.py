@@ -1,0 +1,460 @@
+"""One client of the embedded server: its control connection, its call, its PPP link, its address.
+
+Rules: this is hallway code (like :mod:`sidecar.tunnel`, in the server role). It feeds what the
+server's shared kernel objects read into this client's protocol machines and writes what they
+return; it holds no protocol logic of its own. It never lets an exception out to the server: a bug
+or bad input ends *this* client (logged with the reason) and nobody else. Passwords never leave the
+:class:`~sidecar.proto.secret.Secret` the secrets table holds; the log names users, never secrets.
+
+Theory of operation
+-------------------
+The server (:mod:`sidecar.server.main`) accepts the TCP connection and starts :meth:`ClientSession.run`
+in its own task. Three things drive the session:
+
+* the control stream, read by this session's reader task (PPTP control messages);
+* GRE packets for this client's (address, call ID), read by the server's one GRE reader and handed
+  over with :meth:`ClientSession.gre_received`;
+* IP packets for this client's address, read by the server's one TUN reader and handed over with
+  :meth:`ClientSession.ip_from_tun`.
+
+Timers of all machines are served by one timer task per session that sleeps until the earliest
+deadline and is woken early whenever an input moved a deadline forward. Control bytes are written by
+a writer task (so the synchronous GRE/TUN paths can queue control messages too).
+
+Per-client phases, one log line each: connected, call established, authenticated as <user>,
+MPPE on/off, address assigned, gone (with the reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from sidecar.server.ipcheck import Verdict, check_from_client
+from sidecar.server.misorder import DeliberateReorderer, is_data_packet
+from sidecar.server.pool import AddressPool, PoolExhausted
+from sidecar.server.secrets import SecretsTable
+
+if TYPE_CHECKING:
+    from sidecar.proto.secret import Secret
+
+log = logging.getLogger("sidecar.server")
+
+SHUTDOWN_GRACE = 2.0  # seconds to let LCP terminate / Stop-Control-Connection finish when we end a client
+CONTROL_READ = 65536
+
+
+class GreSender(Protocol):
+    def send(self, packet: bytes, dest: IPv4Address | None = None) -> bool: ...
+
+
+class TunWriter(Protocol):
+    def write(self, packet: bytes | bytearray | memoryview) -> bool: ...
+
+
+@dataclass
+class SessionCounters:
+    ip_in: int = 0  # IP packets from the client written to the TUN device
+    ip_in_bytes: int = 0
+    ip_out: int = 0  # IP packets from the TUN device sent into the tunnel
+    ip_out_bytes: int = 0
+    ip_out_dropped: int = 0  # link not up / refused by the link
+    spoofed: int = 0  # from the client with a source address that is not its own: dropped
+    not_ipv4: int = 0
+    truncated: int = 0
+    internal_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class SessionHooks:
+    """What a session needs from the server that owns it (kept narrow, so tests can stand in)."""
+
+    gre: GreSender
+    tun: TunWriter
+    pool: AddressPool
+    secrets: SecretsTable
+    register_call: Callable[[ClientSession], None]  # demux (peer, our call id) -> session
+    address_up: Callable[[ClientSession], None]  # route + by-address map
+    gone: Callable[[ClientSession], None]  # unregister everything
+    reorder_rng: random.Random | None = None
+    test_reorder: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ClientSession:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        number: int,
+        peer: IPv4Address,
+        stream: trio.abc.Stream,
+        stack: Any,
+        hooks: SessionHooks,
+    ) -> None:
+        self.number = number
+        self.peer = peer
+        self.stream = stream
+        self.stack = stack
+        self.hooks = hooks
+        self.tag = f"client {number} ({peer})"
+        self.user: str | None = None
+        self.address: IPv4Address | None = None
+        self.address_packed = b""
+        self.up = False
+        self.local_call_id: int | None = None
+        self.peer_call_id: int | None = None
+        self.registered = False
+        self.ended = False
+        self.end_reason = ""
+        self.counters = SessionCounters()
+        self.started = trio.current_time()
+        self._wake = trio.Event()
+        self._control_dirty = trio.Event()
+        self._scheduled = math.inf
+        self._closing = False
+        self._done = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self.reorderer: DeliberateReorderer | None = None
+        if hooks.test_reorder > 0 and hooks.reorder_rng is not None:
+            self.reorderer = DeliberateReorderer(hooks.test_reorder, hooks.reorder_rng)
+
+    # -- address assignment (called by the link's secret lookup, during authentication) -----------
+    def lookup_secret(self, user: str) -> Secret | None:
+        """The authenticator asks for ``user``'s secret. We also pick the address here, so IPCP
+        (which starts right after authentication) offers the right one."""
+        entry = self.hooks.secrets.find(user)
+        if entry is None:
+            log.warning("%s: unknown user %r (no entry in %s)", self.tag, user, self.hooks.secrets.source)
+            return None
+        if self.address is not None and self.user != user:
+            self._release_address()
+        if self.address is None:
+            try:
+                addr = self.hooks.pool.acquire(
+                    f"{user}@{self.peer}",
+                    fixed=entry.fixed_address,
+                    allowed=entry.allows if entry.addresses else None,
+                )
+            except PoolExhausted as exc:
+                log.warning("%s: no address for user %r: %s", self.tag, user, exc)
+                return None
+            self.address = addr
+            self.address_packed = addr.packed
+            self.stack.set_peer_ip(addr)
+        self.user = user
+        return entry.secret
+
+    def _release_address(self) -> None:
+        if self.address is not None:
+            self.hooks.pool.release(self.address)
+            self.address = None
+            self.address_packed = b""
+
+    # -- inputs from the server's shared readers --------------------------------------------------
+    def gre_received(self, packet: bytes, now: float) -> None:
+        if self.ended:
+            return
+        try:
+            for ip in self.stack.gre_received(packet, now):
+                self._to_tun(ip)
+            self._after_input(now)
+        except Exception as exc:  # one client's bug never reaches the others
+            self._internal_error("GRE input", exc)
+
+    def ip_from_tun(self, packet: bytes, now: float) -> None:
+        if self.ended:
+            return
+        try:
+            packets = self.stack.send_ip(packet, now)
+            if packets:
+                self.counters.ip_out += 1
+                self.counters.ip_out_bytes += len(packet)
+                self._send_gre(packets, now, data=True)
+            else:
+                self.counters.ip_out_dropped += 1
+            self._after_input(now)
+        except Exception as exc:
+            self._internal_error("TUN input", exc)
+
+    def _to_tun(self, packet: bytes) -> None:
+        verdict = check_from_client(packet, self.address_packed) if self.up else Verdict.SPOOFED
+        if verdict is Verdict.OK:
+            if self.hooks.tun.write(packet):
+                self.counters.ip_in += 1
+                self.counters.ip_in_bytes += len(packet)
+            return
+        if verdict is Verdict.SPOOFED:
+            self.counters.spoofed += 1
+        elif verdict is Verdict.NOT_IPV4:
+            self.counters.not_ipv4 += 1
+        else:
+            self.counters.truncated += 1
+
+    def _send_gre(self, packets: list[bytes], now: float, *, data: bool = False) -> None:
+        gre, peer, reorderer = self.hooks.gre, self.peer, self.reorderer
+        for packet in packets:
+            if reorderer is not None and is_data_packet(packet):
+                for out in reorderer.send(packet, now):
+                    gre.send(out, peer)
+            else:
+                gre.send(packet, peer)
+
+    # -- the machines' outputs and events ----------------------------------------------------------
+    def _after_input(self, now: float) -> None:
+        """Drain what the machines want to send, handle their events, re-arm the timer."""
+        out = self.stack.gre_to_send(now)
+        if out:
+            self._send_gre(out, now)
+        if self.stack.control_pending():
+            self._control_dirty.set()
+        for event in self.stack.events(now):
+            self._handle(event, now)
+        deadline = self._next_deadline()
+        if deadline < self._scheduled:
+            self._wake.set()
+
+    def _next_deadline(self) -> float:
+        d = self.stack.next_deadline()
+        best = math.inf if d is None else d
+        if self.reorderer is not None:
+            r = self.reorderer.next_deadline()
+            if r is not None and r < best:
+                best = r
+        return best
+
+    def _handle(self, event: Any, now: float) -> None:
+        kind = type(event).__name__
+        if kind == "CallEstablished":
+            self.local_call_id = event.local_call_id
+            self.peer_call_id = event.peer_call_id
+            try:
+                self.hooks.register_call(self)
+            except KeyError:
+                self._finish(f"call ID {event.local_call_id} from {self.peer} is already in use")
+                return
+            self.registered = True
+            log.info(
+                "%s: call established (call IDs: ours %d, theirs %d)",
+                self.tag,
+                event.local_call_id,
+                event.peer_call_id,
+            )
+        elif kind == "Authenticated":
+            log.info("%s: authenticated as %r (%s)", self.tag, event.peer_name, _label(event.method))
+        elif kind == "AuthFailed":
+            log.warning("%s: authentication failed: %s", self.tag, event.reason)
+        elif kind == "EncryptionUp":
+            mode = "stateful" if event.stateful else "stateless"
+            log.info("%s: MPPE on (%d-bit, %s)", self.tag, event.key_bits, mode)
+        elif kind == "EncryptionOff":
+            log.info("%s: MPPE off (no encryption)", self.tag)
+        elif kind == "LinkUp":
+            if self.address is None or event.peer_ip != self.address:
+                self._finish(f"link came up with address {event.peer_ip}, expected {self.address}")
+                return
+            self.up = True
+            try:
+                self.hooks.address_up(self)
+            except Exception as exc:
+                self._finish(f"cannot route {self.address}: {exc}")
+                return
+            dns = ", ".join(str(d) for d in event.dns) or "none"
+            log.info("%s: address assigned %s (user %r, DNS %s)", self.tag, self.address, self.user, dns)
+        elif kind == "LinkDown":
+            self.up = False
+            self._finish(f"link down: {event.reason}")
+        elif kind == "CallCleared":
+            self._finish(f"call cleared{' by the client' if event.by_peer else ''}: {event.reason}")
+        elif kind == "ControlClosed":
+            self._finish(
+                f"control connection closed{' by the client' if event.by_peer else ''}: {event.reason}"
+            )
+            self._wake.set()
+        elif kind == "EchoRtt" or kind == "EchoAnswered":
+            pass
+        else:
+            log.debug("%s: %s", self.tag, event)
+
+    # -- ending -------------------------------------------------------------------------------------
+    def _finish(self, reason: str) -> None:
+        """Begin the orderly end: LCP terminate, Call-Disconnect-Notify, Stop-Control-Connection."""
+        if not self.end_reason:
+            self.end_reason = reason
+        if self._closing:
+            return
+        self._closing = True
+        now = trio.current_time()
+        try:
+            self.stack.close(now, reason)
+            out = self.stack.gre_to_send(now)
+            if out:
+                self._send_gre(out, now)
+        except Exception as exc:
+            self.counters.internal_errors += 1
+            log.error("%s: error while closing: %s", self.tag, exc)
+        self._control_dirty.set()
+        self._wake.set()
+
+    def shutdown(self, reason: str) -> None:
+        """Server-initiated end (SIGTERM, the server going away)."""
+        self._finish(reason)
+
+    def kill(self, reason: str) -> None:
+        """End now, without the goodbye (the peer is gone or misbehaving)."""
+        if not self.end_reason:
+            self.end_reason = reason
+        self._closing = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _internal_error(self, where: str, exc: BaseException) -> None:
+        self.counters.internal_errors += 1
+        log.error(
+            "%s: internal error in %s: %s: %s (ending this client)", self.tag, where, type(exc).__name__, exc
+        )
+        self.kill(f"internal error in {where}")
+
+    # -- the session's own tasks -----------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until the client goes; always unregisters and returns the address."""
+        log.info("%s: connected", self.tag)
+        try:
+            now = trio.current_time()
+            self.stack.start(now)
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader, nursery.cancel_scope)
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._timer, nursery.cancel_scope)
+                    self._after_input(now)
+        except Exception as exc:
+            self.counters.internal_errors += 1
+            log.error("%s: internal error: %s: %s", self.tag, type(exc).__name__, exc)
+            if not self.end_reason:
+                self.end_reason = f"internal error: {type(exc).__name__}"
+        finally:
+            self.ended = True
+            self._release_address()
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.stream.aclose()
+            self.hooks.gone(self)
+            duration = trio.current_time() - self.started
+            log.info(
+                "%s: gone after %.1f s%s: %s (in %d packets / %d bytes, out %d / %d, spoofed %d)",
+                self.tag,
+                duration,
+                f" (user {self.user!r})" if self.user else "",
+                self.end_reason or "ended",
+                self.counters.ip_in,
+                self.counters.ip_in_bytes,
+                self.counters.ip_out,
+                self.counters.ip_out_bytes,
+                self.counters.spoofed,
+            )
+            self._done.set()
+
+    async def wait_done(self) -> None:
+        await self._done.wait()
+
+    async def _reader(self, cancel: trio.CancelScope) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(CONTROL_READ)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.end_reason = self.end_reason or f"control connection lost: {exc}"
+                cancel.cancel()
+                return
+            if not data:
+                self.end_reason = self.end_reason or "control connection closed by the client"
+                cancel.cancel()
+                return
+            now = trio.current_time()
+            try:
+                self.stack.control_received(data, now)
+                self._after_input(now)
+            except Exception as exc:
+                self._internal_error("control input", exc)
+                return
+
+    async def _writer(self) -> None:
+        while True:
+            await self._control_dirty.wait()
+            self._control_dirty = trio.Event()
+            data = self.stack.control_to_send()
+            if data:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.end_reason = self.end_reason or f"control connection lost: {exc}"
+                    self.kill(self.end_reason)
+                    return
+
+    async def _timer(self, cancel: trio.CancelScope) -> None:
+        closing_since: float | None = None
+        while True:
+            deadline = self._next_deadline()
+            if self._closing:
+                now = trio.current_time()
+                if closing_since is None:
+                    closing_since = now
+                if self.stack.finished() or now - closing_since >= SHUTDOWN_GRACE:
+                    # let the writer flush what is queued, briefly
+                    await self._flush_control()
+                    cancel.cancel()
+                    return
+                deadline = min(deadline, closing_since + SHUTDOWN_GRACE)
+            self._scheduled = deadline
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._scheduled = math.inf
+            now = trio.current_time()
+            try:
+                ips, out = self.stack.timeout(now)
+                for ip in ips:
+                    self._to_tun(ip)
+                if out:
+                    self._send_gre(out, now)
+                if self.reorderer is not None:
+                    for packet in self.reorderer.timeout(now):
+                        self.hooks.gre.send(packet, self.peer)
+                self._after_input(now)
+            except Exception as exc:
+                self._internal_error("timer", exc)
+                return
+
+    async def _flush_control(self) -> None:
+        data = self.stack.control_to_send()
+        if not data:
+            return
+        with trio.move_on_after(0.5):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await self.stream.send_all(data)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "peer": str(self.peer),
+            "user": self.user,
+            "address": str(self.address) if self.address else None,
+            "up": self.up,
+            "since": self.started,
+            **self.counters.as_dict(),
+        }
+
+
+def _label(method: Any) -> str:
+    return str(getattr(method, "label", method))
