@@ -12,12 +12,16 @@ packet at forward distance ``d = seq - expected``:
 * ``d == 0``: delivered at once, followed by every buffered packet that is now contiguous.
 * ``1 <= d <= window``: buffered (counted ``buffered``), waiting for the gap in front of it. A
   second copy of a buffered packet is dropped (``duplicate``); the first copy stays.
-* ``d > window``: dropped (``over_window``). This is the DoS guard: one stray far-ahead packet can
-  neither grow the buffer nor make us skip. A genuine jump (a burst of loss longer than the window)
-  is recognised when :data:`RESYNC_AFTER` consecutive over-window packets are each close (within
-  ``max(window, 16)``) to the previous one: the queue then gives up everything in front of the newest
-  one (buffered packets are delivered first, in order; the missing ones count as ``lost``) and
-  continues from it.
+* ``window < d <= far`` with ``far = window + max(window, FAR_AHEAD_MIN)``: the window overflows. The
+  gaps at the front are given up (waiting packets delivered, missing ones ``lost``, ``overflows``
+  counts the event) until the packet fits, then it is buffered. A packet that far ahead means the
+  front gap has been overtaken by more than ``window`` packets: waiting longer would only drop more.
+* ``d > far``: dropped (``over_window``). This is the DoS guard: one stray far-ahead packet can
+  neither grow the buffer nor make us skip more than ``far - window`` numbers. A genuine jump (a burst
+  of loss longer than ``far``) is recognised when :data:`RESYNC_AFTER` consecutive far-ahead packets
+  are each close (within ``far``) to the previous one: the queue then gives up everything in front of
+  the newest one (buffered packets are delivered first, in order; the missing ones count as ``lost``)
+  and continues from it.
 * ``d < 0``: dropped. It is ``late`` when it is one we already gave up on (remembered for the last
   :data:`LOST_HISTORY` give-ups), otherwise ``duplicate`` (we already delivered it).
 
@@ -28,15 +32,15 @@ oldest packet still waiting behind it, so a second gap whose packets have alread
 ``timeout`` is given up in the same call (no packet ever waits much longer than ``timeout``).
 ``push`` also gives up expired gaps, so a caller that is late calling ``timeout`` loses nothing.
 
-Window 0 means no buffering: a packet ahead of ``expected`` is delivered at once (the skipped numbers
-count as ``lost``, the packet as ``in_order``); older packets and duplicates are still dropped, so an
-older packet is never delivered after a newer one, in any mode. The far-ahead guard then uses
-:data:`IMMEDIATE_GUARD` instead of the window.
+Window 0 means no buffering: a packet up to ``far`` ahead of ``expected`` is delivered at once (the
+skipped numbers count as ``lost``, the packet as ``in_order``); older packets and duplicates are still
+dropped, so an older packet is never delivered after a newer one, in any mode.
 
 Counters: every pushed packet lands in exactly one of ``in_order``, ``buffered``, ``late``,
 ``duplicate``, ``over_window``. ``from_buffer`` counts deliveries out of the buffer; ``lost`` counts
-sequence numbers skipped; ``timeouts`` counts gaps given up by the timer. At any moment
-``buffered == from_buffer + len(queue)``.
+sequence numbers skipped; ``timeouts`` counts gaps given up by the timer, ``overflows`` gaps given up
+because the window overflowed. At any moment ``buffered == from_buffer + len(queue)`` and every
+number from the first one pushed up to ``expected - 1`` was either delivered or counted ``lost``.
 """
 
 from __future__ import annotations
@@ -45,17 +49,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from sidecar.proto.serial import SERIAL_HALF, SERIAL_MASK, serial_diff
+from sidecar.proto.serial import SERIAL_HALF, SERIAL_MASK, serial_add, serial_diff
 
 T = TypeVar("T")
 
 RESYNC_AFTER: Final = 4
-"""Consecutive, mutually close over-window packets after which the queue jumps to them."""
-IMMEDIATE_GUARD: Final = 4096
-"""Window-0 mode: how far ahead a packet may be and still be delivered (beyond: over-window)."""
+"""Consecutive, mutually close far-ahead packets after which the queue jumps to them."""
+FAR_AHEAD_MIN: Final = 32
+"""``far = window + max(window, FAR_AHEAD_MIN)``: beyond ``far`` ahead a packet is dropped."""
 LOST_HISTORY: Final = 32
 """How many given-up gaps are remembered to tell ``late`` from ``duplicate``."""
-_RESYNC_MIN_SPREAD: Final = 16
 
 
 @dataclass
@@ -68,6 +71,7 @@ class ReorderCounters:
     over_window: int = 0
     lost: int = 0
     timeouts: int = 0
+    overflows: int = 0
 
 
 class ReorderQueue(Generic[T]):
@@ -77,6 +81,7 @@ class ReorderQueue(Generic[T]):
         "_arrival",
         "_buf",
         "_expected",
+        "_far",
         "_gap_since",
         "_lost_ranges",
         "_resync_count",
@@ -92,6 +97,7 @@ class ReorderQueue(Generic[T]):
         if not timeout >= 0:
             raise ValueError(f"reorder timeout must be >= 0 seconds, got {timeout!r}")
         self.window: int = window
+        self._far: int = window + max(window, FAR_AHEAD_MIN)
         self.timeout_s: float = float(timeout)
         self.counters = ReorderCounters()
         self._expected: int | None = None
@@ -142,7 +148,7 @@ class ReorderQueue(Generic[T]):
             out = [item]
             self._drain(out)
         elif self.window == 0:
-            if d > IMMEDIATE_GUARD and not self._resync(seq):
+            if d > self._far and not self._resync(seq):
                 self.counters.over_window += 1
                 return []
             self._resync_count = 0
@@ -161,6 +167,22 @@ class ReorderQueue(Generic[T]):
                 if self._gap_since is None or now < self._gap_since:
                     self._gap_since = now
             out = []
+        elif d <= self._far:
+            self._resync_count = 0
+            out = []
+            self._overflow(serial_add(seq, -self.window), out)
+            self.counters.overflows += 1
+            if self._expected == seq:  # everything in between was waiting: the gap is gone
+                self.counters.in_order += 1
+                self._expected = (seq + 1) & SERIAL_MASK
+                out.append(item)
+                self._drain(out)
+            else:
+                self.counters.buffered += 1
+                self._buf[seq] = item
+                self._arrival[seq] = now
+                if self._gap_since is None or now < self._gap_since:
+                    self._gap_since = now
         elif self._resync(seq):
             # A genuine jump: deliver what waits (it is older), skip to this packet.
             out = []
@@ -201,8 +223,7 @@ class ReorderQueue(Generic[T]):
 
     def _resync(self, seq: int) -> bool:
         """Track a run of over-window packets; True when the run is long enough to jump to ``seq``."""
-        spread = max(self.window, _RESYNC_MIN_SPREAD)
-        if self._resync_count and abs(serial_diff(seq, self._resync_last)) <= spread:
+        if self._resync_count and abs(serial_diff(seq, self._resync_last)) <= self._far:
             self._resync_count += 1
         else:
             self._resync_count = 1
@@ -250,6 +271,23 @@ class ReorderQueue(Generic[T]):
         self._skip(expected, serial_diff(nearest, expected))
         self._expected = nearest
         self._drain(out)
+
+    def _overflow(self, target: int, out: list[T]) -> None:
+        """Give up gaps until ``expected`` reaches ``target``, delivering what waits in front of it."""
+        while self._buf:
+            exp = self._expected
+            assert exp is not None
+            nearest = min(self._buf, key=lambda s: serial_diff(s, exp))
+            if serial_diff(nearest, target) >= 0:
+                break
+            self._give_up_gap(out)
+        expected = self._expected
+        assert expected is not None
+        ahead = serial_diff(target, expected)
+        if ahead > 0:
+            self._skip(expected, ahead)
+            self._expected = target
+            self._drain(out)
 
     def _flush_all(self, out: list[T]) -> None:
         while self._buf:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.proto.reorder import IMMEDIATE_GUARD, RESYNC_AFTER, ReorderQueue
+from sidecar.proto.reorder import FAR_AHEAD_MIN, RESYNC_AFTER, ReorderQueue
 from sidecar.proto.serial import SERIAL_MASK, serial_add, serial_diff
 
 U32 = st.integers(0, SERIAL_MASK)
@@ -131,12 +131,35 @@ def test_duplicate_of_delivered_packet() -> None:
     assert (q.counters.duplicate, q.counters.late) == (2, 0)
 
 
-def test_over_window_dropped_and_counted() -> None:
-    q = primed(4, 1.0, 0)
+def test_window_overflow_gives_up_front_gap() -> None:
+    q = primed(4, 10.0, 0)
+    assert q.push(2, 2, 0.0) == []
     assert q.push(4, 4, 0.0) == []  # d == window: buffered
-    assert q.push(5, 5, 0.0) == []  # d == window + 1: dropped
-    assert (q.counters.buffered, q.counters.over_window) == (1, 1)
-    assert len(q) == 1
+    assert q.push(6, 6, 0.0) == [2]  # d == window + 2: gaps 0,1 given up, 2 delivered, 3 still awaited
+    assert q.expected == 3
+    assert (q.counters.overflows, q.counters.lost, q.counters.buffered) == (1, 2, 3)
+    assert len(q) == 2
+    assert q.push(3, 3, 0.0) == [3, 4]
+    assert q.push(10, 10, 0.0) == [6]  # target 6: skip 5, deliver 6; 7, 8, 9 awaited
+    assert q.counters.lost == 3
+
+
+def test_window_overflow_that_closes_the_gap_delivers_at_once() -> None:
+    q = primed(2, 10.0, 0)
+    q.push(1, 1, 0.0)
+    q.push(2, 2, 0.0)
+    assert q.push(3, 3, 0.0) == [1, 2, 3]  # target 1: skip 0; 1, 2 drain; 3 is next
+    assert (q.counters.in_order, q.counters.lost, len(q)) == (2, 1, 0)
+
+
+def test_beyond_far_dropped_and_counted() -> None:
+    q = primed(4, 1.0, 0)
+    far = 4 + FAR_AHEAD_MIN
+    assert q.push(far + 1, 0, 0.0) == []
+    assert q.counters.over_window == 1
+    assert len(q) == 0 and q.expected == 0
+    assert q.push(far, 1, 0.0) == []  # within far: overflow, buffered at the window edge
+    assert q.expected == far - 4 and q.counters.lost == far - 4
 
 
 def test_single_far_packet_does_not_disturb_stream() -> None:
@@ -182,9 +205,9 @@ def test_window_zero_delivers_immediately_and_never_backwards() -> None:
 
 def test_window_zero_far_guard() -> None:
     q = primed(0, 1.0, 0)
-    assert q.push(IMMEDIATE_GUARD + 1, 0, 0.0) == []
+    assert q.push(FAR_AHEAD_MIN + 1, 0, 0.0) == []
     assert q.counters.over_window == 1
-    assert q.push(IMMEDIATE_GUARD, 1, 0.0) == [1]
+    assert q.push(FAR_AHEAD_MIN, 1, 0.0) == [1]
 
 
 def test_wraparound_near_2_32() -> None:
@@ -300,7 +323,9 @@ def test_random_stream_invariants(
         assert c.buffered == c.from_buffer + len(q)
         assert c.in_order + c.from_buffer == len(delivered)
         if delivered:
-            assert c.lost == serial_diff(delivered[-1], delivered[0]) + 1 - len(delivered)
+            # every number from the first one up to expected - 1 was delivered or counted lost
+            assert q.expected is not None
+            assert c.lost + len(delivered) == serial_diff(q.expected, delivered[0])
     assert len(set(delivered)) == len(delivered)
     final = q.flush()
     assert len(q) == 0
@@ -339,4 +364,5 @@ def test_counters_are_a_dataclass_for_metrics() -> None:
         "over_window",
         "lost",
         "timeouts",
+        "overflows",
     }
