@@ -1,0 +1,184 @@
+"""The raw GRE socket (IP protocol 47), both roles.
+
+Rules: this file moves bytes between the kernel and the caller. It knows the IPv4 header (to strip
+it) and nothing of GRE or PPP. It never awaits per packet: the caller awaits :meth:`wait_readable`
+once, then :meth:`recv_batch` drains the socket until EAGAIN (or ``max`` packets).
+
+Theory of operation:
+
+- Client (``remote`` given): the socket is ``connect()``-ed to the server, so the kernel delivers only
+  GRE from the server (the kernel's raw-socket match compares the source with the connected
+  address) and :meth:`send` needs no destination. The source is checked again here, and anything
+  from another host is dropped and counted in ``counters.rx_foreign``; ``connect=False`` keeps the
+  socket unconnected (every GRE packet of the namespace is then filtered here, and counted).
+- Server (``remote=None``): unconnected; the batch carries every source, the caller demultiplexes by
+  (source, call ID) and sends with ``dest``.
+- Receive on a raw IPv4 socket includes the IP header; it is stripped using its IHL field.
+- Sending lets the kernel write the IP header. ``IP_MTU_DISCOVER=IP_PMTUDISC_DO`` sets DF and makes
+  the kernel refuse (EMSGSIZE, counted in ``tx_too_big``) a packet bigger than the path MTU instead of
+  fragmenting GRE. A full send buffer (EAGAIN) drops the packet (counted): GRE is a datagram service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address
+
+import trio
+
+IPPROTO_GRE = 47
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+_BUFSIZE = 65535
+
+
+@dataclass
+class GreSocketCounters:
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    rx_foreign: int = 0  # from a host other than the server (client role): dropped
+    rx_malformed: int = 0  # shorter than its own IP header / not IPv4: dropped
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_dropped: int = 0  # send buffer full or a transient error
+    tx_too_big: int = 0  # bigger than the path MTU (DF): dropped, never fragmented
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class GreSocket:
+    """A non-blocking raw GRE socket. ``remote`` = the server (client role) or None (server role)."""
+
+    def __init__(
+        self,
+        remote: IPv4Address | None,
+        *,
+        connect: bool = True,
+        bind: IPv4Address | None = None,
+        rcvbuf: int = 4 * 1024 * 1024,
+        sndbuf: int = 1024 * 1024,
+    ) -> None:
+        self.remote = remote
+        self._remote_packed = remote.packed if remote is not None else None
+        self.counters = GreSocketCounters()
+        self._sources: dict[bytes, IPv4Address] = {}
+        if remote is not None:
+            self._sources[remote.packed] = remote
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+            for opt, size in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, sndbuf)):
+                with contextlib.suppress(OSError):  # limits differ per host; defaults still work
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            if bind is not None:
+                sock.bind((str(bind), 0))
+            self._connected = remote is not None and connect
+            if self._connected:
+                sock.connect((str(remote), 0))
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._buf = bytearray(_BUFSIZE)
+        self._view = memoryview(self._buf)
+
+    # -- receive ---------------------------------------------------------------------------------
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self._sock)
+
+    def recv_batch(self, max: int = 64) -> list[tuple[IPv4Address, bytes]]:
+        """Drain up to ``max`` packets without blocking: ``(source, GRE packet)`` pairs, IP header
+        stripped. Empty when nothing is queued."""
+        out: list[tuple[IPv4Address, bytes]] = []
+        recv_into = self._sock.recv_into
+        buf, view, counters, remote = self._buf, self._view, self.counters, self._remote_packed
+        while len(out) < max:
+            try:
+                n = recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP errors (e.g. port/protocol unreachable) surface on connected raw sockets:
+                # transient, the next read goes on.
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                raise
+            if n < 20 or (buf[0] >> 4) != 4:
+                counters.rx_malformed += 1
+                continue
+            ihl = (buf[0] & 0x0F) * 4
+            if ihl < 20 or n < ihl:
+                counters.rx_malformed += 1
+                continue
+            src = bytes(view[12:16])
+            if remote is not None and src != remote:
+                counters.rx_foreign += 1
+                continue
+            source = self._sources.get(src)
+            if source is None:
+                source = IPv4Address(src)
+                if len(self._sources) < 4096:
+                    self._sources[src] = source
+            counters.rx_packets += 1
+            counters.rx_bytes += n - ihl
+            out.append((source, bytes(view[ihl:n])))
+        return out
+
+    # -- send ------------------------------------------------------------------------------------
+    def send(self, packet: bytes | bytearray | memoryview, dest: IPv4Address | None = None) -> bool:
+        """Send one GRE packet (the kernel adds the IP header). False = dropped (counted)."""
+        try:
+            if dest is None:
+                if self._connected:
+                    self._sock.send(packet)
+                elif self.remote is not None:
+                    self._sock.sendto(packet, (str(self.remote), 0))
+                else:
+                    raise ValueError("GreSocket in server role: send() needs dest")
+            else:
+                self._sock.sendto(packet, (str(dest), 0))
+        except (BlockingIOError, InterruptedError):
+            self.counters.tx_dropped += 1
+            return False
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                self.counters.tx_too_big += 1
+                return False
+            if exc.errno in (errno.ENOBUFS, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                             errno.EPERM, errno.EACCES):  # fmt: skip
+                # transient or firewall (EPERM from an nft drop in OUTPUT): dropped, counted
+                self.counters.tx_dropped += 1
+                return False
+            raise
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += len(packet)
+        return True
+
+    def send_batch(self, packets: list[bytes], dest: IPv4Address | None = None) -> int:
+        """Send several packets; returns how many went out."""
+        sent = 0
+        for packet in packets:
+            sent += self.send(packet, dest)
+        return sent
+
+    # -- misc ------------------------------------------------------------------------------------
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> GreSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        role = f"client to {self.remote}" if self.remote is not None else "server"
+        return f"GreSocket({role}, fd={self._sock.fileno()})"

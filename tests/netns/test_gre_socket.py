@@ -1,0 +1,174 @@
+"""The raw GRE socket between two namespaces over veth: batches, IHL stripping, source filtering,
+server mode, and DF (no fragmentation)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+
+import pytest
+import trio
+
+from sidecar.kernel.gre_socket import GreSocket
+from tests.netns import nslib
+
+OTHER_IP = IPv4Address("198.51.100.2")  # a second source inside the server namespace
+
+
+def gre(call_id: int, seq: int, payload: bytes = b"") -> bytes:
+    """An enhanced GRE header (K and S set, version 1) + payload: realistic bytes, built by hand."""
+    return struct.pack("!HHHHI", 0x3001, 0x880B, len(payload), call_id, seq) + payload
+
+
+@pytest.fixture
+def pair(hosts: nslib.TwoHosts) -> Iterator[tuple[nslib.TwoHosts, GreSocket, GreSocket]]:
+    hosts.server.ip("addr", "add", f"{OTHER_IP}/32", "dev", "lo")
+    with hosts.client.enter():
+        client = GreSocket(hosts.server_ip)
+    with hosts.server.enter():
+        server = GreSocket(None, bind=hosts.server_ip)
+    try:
+        yield hosts, client, server
+    finally:
+        client.close()
+        server.close()
+
+
+def wait_rx(ns: nslib.Netns, ifname: str, count: int) -> None:
+    assert nslib.wait_for(lambda: ns.link_stats(ifname).rx_packets >= count), "packets did not arrive"
+
+
+def test_client_drains_a_batch_until_eagain(pair: tuple[nslib.TwoHosts, GreSocket, GreSocket]) -> None:
+    h, client, server = pair
+    base = h.client.link_stats(h.client_if).rx_packets
+    sent = [gre(7, i, bytes([i]) * (i + 1)) for i in range(50)]
+    for packet in sent:
+        assert server.send(packet, dest=h.client_ip)
+    wait_rx(h.client, h.client_if, base + 50)
+
+    first = client.recv_batch(max=10)
+    rest = client.recv_batch(max=64)
+    assert client.recv_batch() == []  # drained: EAGAIN, no blocking
+    got = first + rest
+    assert len(first) == 10 and len(rest) == 40
+    assert [p for _, p in got] == sent  # IP header stripped, bytes intact, order kept
+    assert {src for src, _ in got} == {h.server_ip}
+    assert client.counters.rx_packets == 50
+    assert client.counters.rx_bytes == sum(map(len, sent))
+
+
+def test_wait_readable_wakes_once_for_a_burst(pair: tuple[nslib.TwoHosts, GreSocket, GreSocket]) -> None:
+    h, client, server = pair
+
+    async def main() -> list[bytes]:
+        received: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+
+            async def reader() -> None:
+                while len(received) < 20:
+                    await client.wait_readable()
+                    received.extend(p for _, p in client.recv_batch())
+
+            nursery.start_soon(reader)
+            await trio.sleep(0.01)
+            for i in range(20):
+                server.send(gre(1, i), dest=h.client_ip)
+            with trio.fail_after(3):
+                while len(received) < 20:
+                    await trio.sleep(0.005)
+        return received
+
+    received = trio.run(main)
+    assert received == [gre(1, i) for i in range(20)]
+
+
+def test_ip_options_are_stripped_by_ihl(pair: tuple[nslib.TwoHosts, GreSocket, GreSocket]) -> None:
+    h, client, _ = pair
+    with h.server.enter():
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+    try:
+        raw.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"\x01\x01\x01\x00")  # NOP NOP NOP EOL: IHL 6
+        raw.bind((str(h.server_ip), 0))
+        base = h.client.link_stats(h.client_if).rx_packets
+        raw.sendto(gre(9, 1, b"payload"), (str(h.client_ip), 0))
+        wait_rx(h.client, h.client_if, base + 1)
+    finally:
+        raw.close()
+    assert client.recv_batch() == [(h.server_ip, gre(9, 1, b"payload"))]
+
+
+def test_connected_client_never_sees_other_sources(pair: tuple[nslib.TwoHosts, GreSocket, GreSocket]) -> None:
+    h, client, server = pair
+    with h.server.enter():
+        other = GreSocket(None, bind=OTHER_IP)
+    try:
+        base = h.client.link_stats(h.client_if).rx_packets
+        other.send(gre(7, 1, b"spoof"), dest=h.client_ip)
+        server.send(gre(7, 2, b"real"), dest=h.client_ip)
+        wait_rx(h.client, h.client_if, base + 2)
+    finally:
+        other.close()
+    assert client.recv_batch() == [(h.server_ip, gre(7, 2, b"real"))]
+
+
+def test_unconnected_client_drops_and_counts_other_sources(hosts: nslib.TwoHosts) -> None:
+    h = hosts
+    h.server.ip("addr", "add", f"{OTHER_IP}/32", "dev", "lo")
+    with h.client.enter():
+        client = GreSocket(h.server_ip, connect=False)
+    with h.server.enter():
+        server = GreSocket(None, bind=h.server_ip)
+        other = GreSocket(None, bind=OTHER_IP)
+    try:
+        base = h.client.link_stats(h.client_if).rx_packets
+        other.send(gre(7, 1, b"spoof"), dest=h.client_ip)
+        server.send(gre(7, 2, b"real"), dest=h.client_ip)
+        other.send(gre(7, 3, b"spoof"), dest=h.client_ip)
+        wait_rx(h.client, h.client_if, base + 3)
+        assert client.recv_batch() == [(h.server_ip, gre(7, 2, b"real"))]
+        assert client.counters.rx_foreign == 2
+        # and the unconnected client still sends to the server
+        assert client.send(gre(8, 1, b"up"))
+        assert nslib.wait_for(lambda: len(server.recv_batch()) == 1)
+    finally:
+        for s in (client, server, other):
+            s.close()
+
+
+def test_server_mode_sees_every_source_and_answers_by_dest(hosts: nslib.TwoHosts) -> None:
+    h = hosts
+    with h.server.enter():
+        # bound to the address clients connect to, or replies leave with the route's source address
+        # and the (connected) client ignores them
+        server = GreSocket(None, bind=h.server_ip)
+    with h.client.enter():
+        client = GreSocket(h.server_ip)
+    try:
+        base = h.server.link_stats(h.server_if).rx_packets
+        assert client.send(gre(5, 1, b"hello"))
+        wait_rx(h.server, h.server_if, base + 1)
+        batch = server.recv_batch()
+        assert batch == [(h.client_ip, gre(5, 1, b"hello"))]
+        with pytest.raises(ValueError, match="needs dest"):
+            server.send(b"x")
+        base = h.client.link_stats(h.client_if).rx_packets
+        assert server.send(gre(6, 1, b"back"), dest=batch[0][0])
+        wait_rx(h.client, h.client_if, base + 1)
+        assert client.recv_batch() == [(h.server_ip, gre(6, 1, b"back"))]
+    finally:
+        client.close()
+        server.close()
+
+
+def test_oversized_packet_is_refused_not_fragmented(
+    pair: tuple[nslib.TwoHosts, GreSocket, GreSocket],
+) -> None:
+    h, client, server = pair
+    tx_before = h.client.link_stats(h.client_if).tx_bytes
+    assert not client.send(gre(7, 1, b"x" * 1600))  # veth MTU 1500, DF set
+    assert client.counters.tx_too_big == 1 and client.counters.tx_packets == 0
+    assert h.client.link_stats(h.client_if).tx_bytes - tx_before < 1000  # nothing of it left, no fragments
+    assert client.send(gre(7, 2, b"x" * 1400))  # fits: 20 + 16 + 1400 < 1500
+    assert nslib.wait_for(lambda: len(server.recv_batch()) == 1)
