@@ -49,6 +49,7 @@ from sidecar.server.ipcheck import ipv4_destination
 from sidecar.server.pool import AddressPool, PoolError, describe
 from sidecar.server.secrets import SecretsError, SecretsTable, fixed_addresses
 from sidecar.server.session import ClientSession, SessionHooks
+from sidecar.state import State, StatusBoard
 
 if TYPE_CHECKING:
     from sidecar.config import ServeSettings
@@ -100,6 +101,9 @@ class Server:
         seed = int(getattr(settings, "test_reorder_seed", 0) or 0)
         self._reorder_seed = seed
         self.stopping = False
+        self.totals: dict[str, int] = {}  # counters of clients that are gone
+        self.board = StatusBoard(role="server", server=f"{settings.listen[0]}:{settings.listen[1]}",
+                                 interface=getattr(tun, "name", settings.interface))  # fmt: skip
 
     # -- hooks for the sessions ---------------------------------------------------------------------
     def _hooks(self, number: int) -> SessionHooks:
@@ -133,6 +137,8 @@ class Server:
 
     def _gone(self, session: ClientSession) -> None:
         self.sessions.discard(session)
+        for name, value in session.counter_dict().items():
+            self.totals[name] = self.totals.get(name, 0) + value
         if session.registered and session.local_call_id is not None:
             self.demux.remove(session.peer, session.local_call_id)
         for key, owner in list(self.by_address.items()):
@@ -178,19 +184,26 @@ class Server:
                 log.warning("refused a client from %s: %s", peer, why)
                 await stream.aclose()
                 continue
-            self.counters.clients_accepted += 1
-            self._numbers += 1
-            number = self._numbers
-            holder: list[ClientSession] = []
+            self.start_session(stream, peer, nursery)
 
-            def lookup(user: str, holder: list[ClientSession] = holder) -> Any:
-                return holder[0].lookup_secret(user) if holder else None
+    def start_session(
+        self, stream: trio.abc.Stream, peer: IPv4Address, nursery: trio.Nursery
+    ) -> ClientSession:
+        """Run a new client on an accepted control stream (tests call this with memory streams)."""
+        self.counters.clients_accepted += 1
+        self._numbers += 1
+        number = self._numbers
+        holder: list[ClientSession] = []
 
-            stack = self.make_stack(None, lookup)
-            session = ClientSession(number, peer, stream, stack, self._hooks(number))
-            holder.append(session)
-            self.sessions.add(session)
-            nursery.start_soon(session.run)
+        def lookup(user: str) -> Any:
+            return holder[0].lookup_secret(user) if holder else None
+
+        stack = self.make_stack(None, lookup)
+        session = ClientSession(number, peer, stream, stack, self._hooks(number))
+        holder.append(session)
+        self.sessions.add(session)
+        nursery.start_soon(session.run)
+        return session
 
     async def gre_loop(self) -> None:
         gre, demux = self.gre, self.demux
@@ -249,11 +262,35 @@ class Server:
                 s.kill(reason)
 
     def stats(self) -> dict[str, int]:
+        """Flat counters: the server's own, the shared sockets', and every client's (gone or not)."""
         out = {f"server_{k}": v for k, v in asdict(self.counters).items()}
         out.update({f"demux_{k}": v for k, v in asdict(self.demux.counters).items()})
+        for prefix, obj in (("gresock", self.gre), ("tun", self.tun)):
+            counters = getattr(obj, "counters", None)
+            if counters is not None:
+                out.update({f"{prefix}_{k}": int(v) for k, v in asdict(counters).items()})
+        merged = dict(self.totals)
+        for session in self.sessions:
+            for key, value in session.counter_dict().items():
+                merged[key] = merged.get(key, 0) + value
+        out.update(merged)
         out["clients"] = len(self.sessions)
         out["pool_free"] = self.pool.free
         return out
+
+    def publish(self) -> None:
+        """Refresh the status board (the ``--http`` endpoints read it)."""
+        board = self.board
+        board.beat()
+        board.record_echo()  # the server is its own sign of life while it serves
+        board.publish_counters(self.stats())
+        board.extra["clients"] = [s.snapshot() for s in sorted(self.sessions, key=lambda s: s.number)]
+        board.extra["pool"] = {"size": self.pool.size, "free": self.pool.free}
+
+    async def publish_loop(self, interval: float = 1.0) -> None:
+        while True:
+            self.publish()
+            await trio.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -397,10 +434,17 @@ async def serve(
                 nursery.start_soon(server.accept_loop, listeners, nursery)
                 nursery.start_soon(server.gre_loop)
                 nursery.start_soon(server.tun_loop)
+                nursery.start_soon(server.publish_loop)
+                server.board.set_state(State.UP, f"listening on {host}:{port}")
+                if settings.http is not None:
+                    from sidecar.observe.http import serve_http
+
+                    await nursery.start(serve_http, settings.http[0], settings.http[1], server.board)
                 task_status.started(server)
                 async for signum in signals:
                     log.info("%s received: stopping", signal.Signals(signum).name)
                     break
+                server.board.set_state(State.STOPPING, "signal")
                 await server.shutdown("server shutting down")
                 nursery.cancel_scope.cancel()
         log.info("stopped: %s", ", ".join(f"{k}={v}" for k, v in server.stats().items() if v))

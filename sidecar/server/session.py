@@ -444,6 +444,19 @@ class ClientSession:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.stream.send_all(data)
 
+    def counter_dict(self) -> dict[str, int]:
+        """Flat ``<area>_<name>`` counters of this client (for the server's status board)."""
+        out = {f"session_{k}": v for k, v in self.counters.as_dict().items()}
+        gre = getattr(self.stack, "gre", None)
+        if gre is not None:
+            _flatten("gre", asdict(gre.counters), out)
+        control = getattr(self.stack, "control", None)
+        if control is not None:
+            _flatten("control", asdict(control.counters), out)
+        if self.reorderer is not None:
+            _flatten("misorder", asdict(self.reorderer.counters), out)
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "number": self.number,
@@ -454,6 +467,15 @@ class ClientSession:
             "since": self.started,
             **self.counters.as_dict(),
         }
+
+
+def _flatten(prefix: str, data: dict[str, Any], out: dict[str, int]) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            # nested counters (the GRE session's reorder queue) keep their own area name
+            _flatten(key, value, out)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}_{key}"] = int(value)
 
 
 def _label(method: Any) -> str:
