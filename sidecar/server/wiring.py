@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.proto.gre import GreSession
 from sidecar.proto.pptp import CallEstablished, ControlClosed, ControlConfig, ControlConnection, Role
+from sidecar.proto.reorder import DEFAULT_REORDER_TIMEOUT, DEFAULT_REORDER_WINDOW
 
 if TYPE_CHECKING:
     from sidecar.config import ServeSettings
 
-REORDER_WINDOW = 64
-REORDER_TIMEOUT = 0.1
+REORDER_WINDOW = DEFAULT_REORDER_WINDOW
+REORDER_TIMEOUT = DEFAULT_REORDER_TIMEOUT
 
 
 class ServerStack:
