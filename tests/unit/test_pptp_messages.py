@@ -106,7 +106,7 @@ SCAPY: dict[type[Any], tuple[type[Any], dict[str, str]]] = {
     SetLinkInfo: (sp.PPTPSetLinkInfo, {}),
 }
 
-_TEXT = st.characters(blacklist_characters="\0", blacklist_categories=("Cs",))
+_TEXT = st.characters(blacklist_characters="\0", blacklist_categories=["Cs"])
 
 
 def _field_strategy(fmt: str) -> st.SearchStrategy[Any]:
