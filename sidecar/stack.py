@@ -1,0 +1,404 @@
+"""One PPTP session's three machines wired together, with no I/O: ControlConnection + GreSession +
+PppLink. Used by :mod:`sidecar.tunnel` (client) and usable by the server's per-client session.
+
+Rules: bytes in, bytes out, ``now`` in; no sockets, no trio, no clock, no logging. This file owns the
+*order* of things - the GRE session exists once the call is established, PPP starts on top of it,
+and a goodbye goes LCP Terminate-Request -> Call-Clear-Request (client) / Call-Disconnect-Notify
+(server) -> Stop-Control-Connection-Request, each step waiting for its answer for a bounded time -
+and the *outcome*: why the session ended, and whether it was bad credentials. It knows no role
+except through the machines it is given.
+
+Theory of operation:
+
+- ``control_received`` / ``gre_received`` / ``send_ip`` / ``timeout`` feed the machines; what they
+  produce is drained with ``control_to_send`` (TCP bytes), ``gre_to_send`` (GRE packets: PPP control
+  frames and delayed acks) and ``events`` (every control and link event, in order, for the caller to
+  log and publish). ``gre_received`` and ``timeout`` also return IP packets for the TUN device.
+- A ``CallEstablished`` event creates the :class:`GreSession` and the link (``make_link``) and starts
+  LCP. A ``LinkDown`` (peer's Terminate, echo loss, auth failure, our own close) starts the rest of
+  the goodbye. ``CallCleared`` / ``ControlClosed`` end it.
+- The goodbye has a deadline per step (``close(grace=...)`` splits the budget): a peer that does not
+  answer cannot hold the session; when the budget is spent, the stack reports :meth:`finished`.
+- :attr:`outcome` is set by the *first* thing that ended the session; later steps of the goodbye do
+  not overwrite it.
+
+MTU arithmetic (no fragmentation of GRE, ever) lives here too, see :func:`tunnel_mtu`.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from sidecar.proto.gre import GreSession
+from sidecar.proto.pptp import (
+    CallCleared,
+    CallEstablished,
+    ControlClosed,
+    ControlConfig,
+    ControlConnection,
+    Role,
+)
+
+# -- MTU arithmetic ----------------------------------------------------------------------------------
+IP_HEADER = 20  # outer IPv4 header, no options
+GRE_HEADER = 16  # enhanced GRE: 8 bytes + sequence 4 + acknowledgement 4 (RFC 2637 §4.1)
+PPP_HEADER = 4  # address/control FF 03 (2) + protocol (2), worst case: no ACFC/PFC negotiated
+MPPE_OVERHEAD = 4  # MPPE header (2, coherency count) + the inner protocol field (2) under 0x00FD
+MIN_MTU = 576  # below this we refuse to run rather than produce a useless tunnel
+
+
+def max_mru(path_mtu: int) -> int:
+    """The largest PPP information field whose GRE packet still fits the path MTU: our LCP MRU.
+
+    path 1500: 1500 - 20 (IP) - 16 (GRE) - 4 (PPP) = 1460.
+    """
+    return path_mtu - IP_HEADER - GRE_HEADER - PPP_HEADER
+
+
+def tunnel_mtu(
+    path_mtu: int,
+    *,
+    mppe: bool = True,
+    peer_mru: int | None = None,
+    link_mtu: int | None = None,
+    configured: int | None = None,
+) -> int:
+    """The TUN device's MTU: the largest IP packet that crosses the tunnel without fragmenting GRE.
+
+    derived = path MTU - IP 20 - GRE 16 - PPP 4 - MPPE 4  (1500 -> 1456; 1456 + 44 = 1500)
+    capped by the peer's MRU (minus MPPE 4: MPPE header and inner protocol count against the MRU),
+    by the link's own figure (``LinkUp.mtu``) and by ``configured`` (``--mtu``): never above derived.
+    """
+    mppe_cost = MPPE_OVERHEAD if mppe else 0
+    mtu = max_mru(path_mtu) - mppe_cost
+    if peer_mru:
+        mtu = min(mtu, peer_mru - mppe_cost)
+    if link_mtu:
+        mtu = min(mtu, link_mtu)
+    if configured:
+        mtu = min(mtu, configured)
+    return mtu
+
+
+# -- the session -------------------------------------------------------------------------------------
+class LinkLike(Protocol):
+    """What the stack needs from :class:`sidecar.proto.ppp.link.PppLink` (CONTRACTS.md)."""
+
+    def start(self, now: float) -> None: ...
+    def receive(self, frame: bytes, now: float) -> list[bytes]: ...
+    def send_ip(self, packet: bytes, now: float) -> bytes | None: ...
+    def frames_to_send(self) -> list[bytes]: ...
+    def events(self) -> list[Any]: ...
+    def close(self, now: float, reason: str) -> None: ...
+    def timeout(self, now: float) -> None: ...
+    def next_deadline(self) -> float | None: ...
+
+
+class Step(enum.Enum):
+    RUNNING = "running"
+    LINK = "closing link"  # LCP Terminate-Request sent, waiting for LinkDown
+    CALL = "clearing call"  # CCRQ / CDN sent, waiting for CallCleared
+    STOP = "stopping control"  # StopCCRQ sent, waiting for ControlClosed
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Why the session ended: the first cause wins."""
+
+    reason: str
+    bad_credentials: bool = False
+    by_peer: bool = False
+    error: bool = False  # the peer went away / protocol error (as opposed to an orderly close)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass
+class StackCounters:
+    ip_out: int = 0  # IP packets handed to the link
+    ip_out_dropped: int = 0  # the link refused them (not up, not IPv4/negotiated, MPPE not ready)
+    ip_in: int = 0  # IP packets the link delivered
+    gre_out: int = 0  # GRE packets produced (data, control frames, acks)
+
+
+class SessionStack:
+    """See the module docstring. ``make_link`` builds the PppLink once the call is established."""
+
+    def __init__(
+        self,
+        control: ControlConnection,
+        make_link: Callable[[], LinkLike],
+        *,
+        reorder_window: int = 64,
+        reorder_timeout: float = 0.1,
+        ack_delay: float | None = None,
+    ) -> None:
+        self.control = control
+        self._make_link = make_link
+        self.link: Any = None
+        self.gre: GreSession | None = None
+        self.outcome: Outcome | None = None
+        self.step = Step.RUNNING
+        self.counters = StackCounters()
+        self._reorder_window = reorder_window
+        self._reorder_timeout = reorder_timeout
+        self._ack_delay = ack_delay
+        self._events: list[Any] = []
+        self._gre_out: list[bytes] = []
+        self._control_out = bytearray()
+        self._reason = ""
+        self._step_deadline: float | None = None
+        self._link_down = False
+        self._peer_ip: IPv4Address | None = None
+        self._grace_steps = (0.8, 0.5, 0.5)  # LINK, CALL, STOP (seconds), set by close()
+
+    # -- control channel --------------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        self.control.start(now)
+        self._control_events(self.control.timeout(now), now)
+
+    def control_received(self, data: bytes, now: float) -> None:
+        """Bytes from the TCP connection; ``b""`` = the peer closed it."""
+        self._control_events(self.control.receive_data(data, now), now)
+
+    def control_pending(self) -> bool:
+        self._control_out += self.control.data_to_send()
+        return bool(self._control_out)
+
+    def control_to_send(self) -> bytes:
+        self._control_out += self.control.data_to_send()
+        out = bytes(self._control_out)
+        self._control_out.clear()
+        return out
+
+    # -- data path --------------------------------------------------------------------------------
+    def gre_received(self, packet: bytes, now: float) -> list[bytes]:
+        """A GRE packet (IP header stripped) -> IP packets for the TUN device."""
+        gre, link = self.gre, self.link
+        if gre is None or link is None:
+            return []
+        out: list[bytes] = []
+        for frame in gre.receive(packet, now):
+            out += link.receive(frame, now)
+        self.counters.ip_in += len(out)
+        return out
+
+    def send_ip(self, packet: bytes, now: float) -> list[bytes]:
+        """An IP packet from the TUN device -> GRE packets to send (empty: dropped, counted)."""
+        gre, link = self.gre, self.link
+        if gre is None or link is None or self._link_down:
+            self.counters.ip_out_dropped += 1
+            return []
+        frame = link.send_ip(packet, now)
+        if frame is None:
+            self.counters.ip_out_dropped += 1
+            return []
+        self.counters.ip_out += 1
+        self.counters.gre_out += 1
+        return [gre.send(frame, now)]
+
+    def gre_to_send(self, now: float) -> list[bytes]:
+        """PPP control frames (wrapped in GRE) and anything else queued for the GRE socket."""
+        out, self._gre_out = self._gre_out, []
+        if self.gre is not None and self.link is not None:
+            send = self.gre.send
+            out += [send(frame, now) for frame in self.link.frames_to_send()]
+        self.counters.gre_out += len(out)
+        return out
+
+    def set_peer_ip(self, addr: IPv4Address) -> None:
+        """Server role: the address IPCP hands the peer (picked during authentication)."""
+        self._peer_ip = addr
+        if self.link is not None:
+            self._apply_peer_ip()
+
+    # -- events and timers ------------------------------------------------------------------------
+    def events(self, now: float) -> list[Any]:
+        """Every control and link event since the last call, in order."""
+        self._link_events(now)
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        candidates = [self.control.next_deadline(), self._step_deadline]
+        if self.gre is not None:
+            candidates.append(self.gre.next_deadline())
+        if self.link is not None and not self._link_down:
+            candidates.append(self.link.next_deadline())
+        present = [d for d in candidates if d is not None]
+        return min(present) if present else None
+
+    def timeout(self, now: float) -> tuple[list[bytes], list[bytes]]:
+        """Run every due timer: (IP packets delivered, GRE packets to send)."""
+        self._control_events(self.control.timeout(now), now)
+        ips: list[bytes] = []
+        if self.gre is not None and self.link is not None:
+            frames, acks = self.gre.timeout(now)
+            self._gre_out += acks
+            for frame in frames:
+                ips += self.link.receive(frame, now)
+            if not self._link_down:
+                self.link.timeout(now)
+            self._link_events(now)
+        if self._step_deadline is not None and now >= self._step_deadline:
+            self._step_deadline = None
+            self._advance(now)
+        self.counters.ip_in += len(ips)
+        return ips, self.gre_to_send(now)
+
+    # -- ending -----------------------------------------------------------------------------------
+    def close(self, now: float, reason: str, *, grace: float = 1.8) -> None:
+        """Our goodbye (SIGTERM, shutdown): LCP Terminate-Request, then the call, then the control
+        connection, all within ``grace`` seconds."""
+        if self.outcome is None:
+            self.outcome = Outcome(reason)
+        if self.step is not Step.RUNNING:
+            return
+        self._grace_steps = (grace * 0.45, grace * 0.3, grace * 0.25)
+        self._reason = reason
+        if self.link is not None and not self._link_down:
+            self.link.close(now, reason)
+            self._enter(Step.LINK, now)
+            self._link_events(now)
+        else:
+            self._clear_call(now)
+
+    def finished(self) -> bool:
+        """The session is over: flush what is left to send, then close the sockets."""
+        return self.step is Step.DONE or self.control.closed
+
+    # -- internals --------------------------------------------------------------------------------
+    def _control_events(self, events: list[Any], now: float) -> None:
+        for ev in events:
+            self._events.append(ev)
+            if isinstance(ev, CallEstablished) and self.link is None:
+                kw: dict[str, Any] = {}
+                if self._ack_delay is not None:
+                    kw["ack_delay"] = self._ack_delay
+                self.gre = GreSession(
+                    ev.local_call_id,
+                    ev.peer_call_id,
+                    reorder_window=self._reorder_window,
+                    reorder_timeout=self._reorder_timeout,
+                    **kw,
+                )
+                self.link = self._make_link()
+                if self._peer_ip is not None:
+                    self._apply_peer_ip()
+                self.link.start(now)
+            elif isinstance(ev, CallCleared):
+                self._link_down = True  # the call carried the link: it is gone with it
+                self._set_outcome(Outcome(f"call cleared: {ev.reason}", by_peer=ev.by_peer, error=ev.by_peer))
+                if self.step in (Step.RUNNING, Step.LINK, Step.CALL):
+                    self._stop_control(now)
+            elif isinstance(ev, ControlClosed):
+                self._link_down = True
+                self._set_outcome(Outcome(f"control connection closed: {ev.reason}", by_peer=ev.by_peer,
+                                          error=ev.error))  # fmt: skip
+                self.step = Step.DONE
+                self._step_deadline = None
+
+    def _link_events(self, now: float) -> None:
+        if self.link is None:
+            return
+        for ev in self.link.events():
+            self._events.append(ev)
+            if type(ev).__name__ == "LinkDown" and not self._link_down:
+                self._link_down = True
+                bad = bool(getattr(ev, "bad_credentials", False))
+                self._set_outcome(
+                    Outcome(f"link down: {getattr(ev, 'reason', 'link down')}", bad_credentials=bad)
+                )
+                if self.step in (Step.RUNNING, Step.LINK):
+                    self._clear_call(now)
+
+    def _set_outcome(self, outcome: Outcome) -> None:
+        if self.outcome is None or (
+            outcome.bad_credentials and not self.outcome.bad_credentials and self.step is Step.RUNNING
+        ):
+            self.outcome = outcome
+
+    def _enter(self, step: Step, now: float) -> None:
+        self.step = step
+        budget = {Step.LINK: 0, Step.CALL: 1, Step.STOP: 2}.get(step)
+        self._step_deadline = None if budget is None else now + self._grace_steps[budget]
+
+    def _clear_call(self, now: float) -> None:
+        reason = self._reason or (self.outcome.reason if self.outcome else "closing")
+        self._enter(Step.CALL, now)
+        self._control_events(self.control.clear_call(now, reason), now)
+        if self.control.closed:
+            self.step = Step.DONE
+            self._step_deadline = None
+
+    def _stop_control(self, now: float) -> None:
+        reason = self._reason or (self.outcome.reason if self.outcome else "closing")
+        if self.step is Step.DONE:
+            return
+        self._enter(Step.STOP, now)
+        self._control_events(self.control.stop(now, reason), now)
+        if self.control.closed:
+            self.step = Step.DONE
+            self._step_deadline = None
+
+    def _advance(self, now: float) -> None:
+        """A goodbye step ran out of time: go on to the next one."""
+        if self.step is Step.LINK:
+            self._link_down = True
+            self._clear_call(now)
+        elif self.step is Step.CALL:
+            self._stop_control(now)
+        elif self.step is Step.STOP:
+            self.step = Step.DONE
+
+    def _apply_peer_ip(self) -> None:
+        cfg = self.link.config
+        try:
+            cfg.peer_ip = self._peer_ip
+        except AttributeError:  # a frozen config: swap it
+            self.link.config = replace(cfg, peer_ip=self._peer_ip)
+
+
+# -- the client's stack from its settings -----------------------------------------------------------
+def client_stack(settings: Any, *, path_mtu: int = 1500, rng: random.Random | None = None) -> SessionStack:
+    """The client (PNS + PPP peer) stack for :class:`sidecar.config.UpSettings`."""
+    from sidecar.proto.ppp.link import LinkConfig, LinkRole, PppLink
+
+    rng = rng if rng is not None else random.SystemRandom()
+    control_config = ControlConfig(
+        hostname="pptp-sidecar",
+        echo_interval=settings.echo_interval,
+        echo_timeout=settings.echo_timeout,
+        call_timeout=max(5.0, float(settings.connect_timeout)),
+    )
+    control = ControlConnection(Role.CLIENT, control_config, rng)
+    mru = min(1500, max_mru(path_mtu))
+
+    def make_link() -> LinkLike:
+        config = LinkConfig(
+            mru=mru,
+            auth_methods=tuple(settings.auth),
+            username=settings.user,
+            password=settings.password,
+            mppe=settings.mppe,
+            mppe_key_bits=frozenset(settings.mppe_key_bits),
+            mppe_stateful=settings.mppe_stateful,
+            echo_interval=settings.lcp_echo_interval,
+            echo_failures=settings.lcp_echo_failures,
+        )
+        link: LinkLike = PppLink(LinkRole.PEER, config, rng)
+        return link
+
+    return SessionStack(
+        control,
+        make_link,
+        reorder_window=settings.reorder_window,
+        reorder_timeout=settings.reorder_timeout,
+    )

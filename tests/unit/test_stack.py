@@ -1,0 +1,245 @@
+"""The per-session wiring (sidecar.stack): a client stack against a server-role stack, both built on
+the real ControlConnection and GreSession, bytes pumped between them. The PPP layer is a small
+stand-in link (the real PppLink has its own tests) so that these tests pin what the stack owns: the
+order of things, the goodbye with its deadlines, the outcome, and the MTU arithmetic."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from sidecar.proto.pptp import ControlConfig, ControlConnection, Role
+from sidecar.stack import SessionStack, Step, max_mru, tunnel_mtu
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    mtu: int = 1400
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    reason: str
+    bad_credentials: bool = False
+
+
+@dataclass
+class StandInLink:
+    """Comes up after one HELLO each way; data frames are b"IP" + packet; TERM/TACK say goodbye."""
+
+    fail_auth: bool = False
+    up: bool = False
+    closed: bool = False
+    out: list[bytes] = field(default_factory=list)
+    evs: list[Any] = field(default_factory=list)
+    received: list[bytes] = field(default_factory=list)
+
+    def start(self, now: float) -> None:
+        self.out.append(b"HELLO")
+
+    def receive(self, frame: bytes, now: float) -> list[bytes]:
+        self.received.append(frame)
+        if frame == b"HELLO":
+            if self.fail_auth:
+                self.evs.append(LinkDown("authentication failed: bad password", bad_credentials=True))
+                return []
+            self.up = True
+            self.evs.append(LinkUp())
+        elif frame == b"TERM":
+            self.out.append(b"TACK")
+            self.up = False
+            self.evs.append(LinkDown("peer sent Terminate-Request"))
+        elif frame == b"TACK" and self.closed:
+            self.evs.append(LinkDown("terminated"))
+        elif frame.startswith(b"IP"):
+            return [frame[2:]]
+        return []
+
+    def send_ip(self, packet: bytes, now: float) -> bytes | None:
+        return b"IP" + packet if self.up else None
+
+    def frames_to_send(self) -> list[bytes]:
+        out, self.out = self.out, []
+        return out
+
+    def events(self) -> list[Any]:
+        out, self.evs = self.evs, []
+        return out
+
+    def close(self, now: float, reason: str) -> None:
+        self.closed = True
+        self.up = False
+        self.out.append(b"TERM")
+
+    def timeout(self, now: float) -> None:
+        pass
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+def make(role: Role, link: StandInLink, seed: int) -> SessionStack:
+    control = ControlConnection(role, ControlConfig(echo_interval=0), random.Random(seed))
+    return SessionStack(control, lambda: link, reorder_window=0, reorder_timeout=0.1, ack_delay=0.0)
+
+
+class Pair:
+    def __init__(self, *, client_link: StandInLink | None = None, server_link: StandInLink | None = None):
+        self.cl = client_link or StandInLink()
+        self.sl = server_link or StandInLink()
+        self.client = make(Role.CLIENT, self.cl, 1)
+        self.server = make(Role.SERVER, self.sl, 2)
+        self.now = 100.0
+        self.events: dict[str, list[Any]] = {"client": [], "server": []}
+        self.ips: dict[str, list[bytes]] = {"client": [], "server": []}
+        self.drop_gre = False
+        self.drop_control = False
+
+    def pump(self, rounds: int = 20) -> None:
+        for _ in range(rounds):
+            moved = False
+            for name, a, b in (("client", self.client, self.server), ("server", self.server, self.client)):
+                data = a.control_to_send()
+                if data and not self.drop_control:
+                    b.control_received(data, self.now)
+                    moved = True
+                for packet in a.gre_to_send(self.now):
+                    if not self.drop_gre:
+                        other = "server" if name == "client" else "client"
+                        self.ips[other] += b.gre_received(packet, self.now)
+                        moved = True
+                self.events[name] += a.events(self.now)
+            if not moved:
+                return
+
+    def up(self) -> None:
+        self.client.start(self.now)
+        self.server.start(self.now)
+        self.pump()
+
+
+def kinds(events: list[Any]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def test_handshake_builds_gre_and_link_in_order_and_carries_ip_both_ways() -> None:
+    p = Pair()
+    p.up()
+    assert kinds(p.events["client"])[:3] == ["ControlConnected", "CallEstablished", "LinkUp"]
+    assert "LinkUp" in kinds(p.events["server"])
+    assert p.client.gre is not None and p.server.gre is not None
+    # call IDs cross: what the client writes is what the server expects
+    assert p.client.gre.peer_call_id == p.server.gre.local_call_id
+    assert p.server.gre.peer_call_id == p.client.gre.local_call_id
+
+    for packet in (b"\x45first", b"\x45second"):
+        for gre_packet in p.client.send_ip(packet, p.now):
+            p.ips["server"] += p.server.gre_received(gre_packet, p.now)
+    for gre_packet in p.server.send_ip(b"\x45back", p.now):
+        p.ips["client"] += p.client.gre_received(gre_packet, p.now)
+    assert p.ips["server"] == [b"\x45first", b"\x45second"]
+    assert p.ips["client"] == [b"\x45back"]
+    assert p.client.counters.ip_out == 2 and p.client.counters.ip_in == 1
+
+
+def test_ip_before_the_link_is_up_is_dropped_and_counted() -> None:
+    p = Pair()
+    assert p.client.send_ip(b"\x45early", p.now) == []
+    assert p.client.counters.ip_out_dropped == 1
+    assert p.client.gre_received(b"\x30\x01\x88\x0b\x00\x00\x00\x01\x00\x00\x00\x01", p.now) == []
+
+
+def test_our_goodbye_is_lcp_then_call_then_control() -> None:
+    p = Pair()
+    p.up()
+    p.client.close(p.now, "SIGTERM")
+    assert p.client.step is Step.LINK
+    p.pump()
+    # the server saw our Terminate-Request first, then the call clear, then the stop
+    assert p.sl.received[-1] == b"TERM"
+    assert kinds(p.events["server"])[-2:] == ["CallCleared", "ControlClosed"]
+    assert p.client.finished() and p.server.finished()
+    assert p.client.outcome is not None and p.client.outcome.reason == "SIGTERM"
+    assert not p.client.outcome.bad_credentials
+    assert p.server.outcome is not None and "Terminate-Request" in p.server.outcome.reason
+
+
+def test_goodbye_to_a_silent_peer_ends_within_the_grace_time() -> None:
+    p = Pair()
+    p.up()
+    p.drop_gre = p.drop_control = True  # the server vanished
+    p.client.close(p.now, "SIGTERM", grace=2.0)
+    steps = [p.client.step]
+    t = p.now
+    while not p.client.finished():
+        deadline = p.client.next_deadline()
+        assert deadline is not None, f"stuck in {p.client.step} without a deadline"
+        t = deadline
+        p.client.timeout(t)
+        p.client.control_to_send()
+        steps.append(p.client.step)
+    assert t - p.now <= 2.0 + 1e-9
+    assert steps[0] is Step.LINK and Step.CALL in steps and Step.STOP in steps
+    assert p.client.outcome is not None and p.client.outcome.reason == "SIGTERM"
+
+
+def test_bad_credentials_end_the_session_and_say_so() -> None:
+    p = Pair(client_link=StandInLink(fail_auth=True))
+    p.up()
+    assert p.client.finished()
+    assert p.client.outcome is not None and p.client.outcome.bad_credentials
+    assert "bad password" in p.client.outcome.reason
+
+
+def test_peer_terminate_is_the_outcome_and_the_call_is_cleared() -> None:
+    p = Pair()
+    p.up()
+    p.server.close(p.now, "server shutting down")
+    p.pump()
+    assert p.client.finished() and p.server.finished()
+    assert p.client.outcome is not None
+    assert p.client.outcome.reason == "link down: peer sent Terminate-Request"
+
+
+def test_control_eof_ends_the_session() -> None:
+    p = Pair()
+    p.up()
+    p.client.control_received(b"", p.now)
+    assert p.client.finished()
+    assert p.client.outcome is not None and p.client.outcome.error and p.client.outcome.by_peer
+    assert "ControlClosed" in kinds(p.client.events(p.now))
+
+
+def test_first_cause_wins() -> None:
+    p = Pair()
+    p.up()
+    p.client.close(p.now, "SIGTERM")
+    p.client.control_received(b"", p.now)  # the peer hangs up during our goodbye
+    assert p.client.outcome is not None and p.client.outcome.reason == "SIGTERM"
+
+
+# -- MTU arithmetic ---------------------------------------------------------------------------------
+def test_mtu_from_a_1500_path() -> None:
+    assert max_mru(1500) == 1460  # 1500 - IP 20 - GRE 16 - PPP 4
+    assert tunnel_mtu(1500) == 1456  # ... - MPPE 4
+    assert tunnel_mtu(1500, mppe=False) == 1460
+    # the largest tunnel packet + overhead is exactly the path MTU: no fragmentation
+    assert tunnel_mtu(1500) + 20 + 16 + 4 + 4 == 1500
+
+
+@pytest.mark.parametrize("path", [576, 1280, 1400, 1492, 1500, 9000])
+def test_mtu_never_makes_gre_bigger_than_the_path(path: int) -> None:
+    for mppe in (True, False):
+        mtu = tunnel_mtu(path, mppe=mppe)
+        assert mtu + 20 + 16 + 4 + (4 if mppe else 0) == path
+
+
+def test_mtu_caps() -> None:
+    assert tunnel_mtu(1500, peer_mru=1400) == 1396  # peer MRU minus MPPE
+    assert tunnel_mtu(1500, peer_mru=1400, mppe=False) == 1400
+    assert tunnel_mtu(1500, link_mtu=1300) == 1300
+    assert tunnel_mtu(1500, configured=1200) == 1200
+    assert tunnel_mtu(1500, configured=1490) == 1456  # never above what fits
