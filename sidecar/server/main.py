@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.server")
 
 SERVER_NAME = "pptpd"  # the name matched against the server column of chap-secrets (pptpd's default)
-TUN_MTU = 1400
+TUN_MTU = 1400  # = wiring.SERVER_MRU: the largest packet a client accepts from us
 SHUTDOWN_TIMEOUT = 4.0
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 
