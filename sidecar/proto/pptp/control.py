@@ -437,7 +437,7 @@ class ControlConnection:
         """True once the control connection is over: send what is left, then close the socket."""
         return self.state is ControlState.CLOSED
 
-    def receive_data(self, data: bytes, now: float) -> list[ControlEvent]:
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[ControlEvent]:
         """Bytes read from the TCP connection; ``b""`` means the peer closed it (EOF)."""
         if not data:
             if self.state is not ControlState.CLOSED:
