@@ -229,6 +229,7 @@ CLIENT_CALL_TRANSITIONS: Final[dict[tuple[CallState, Input], Transition]] = {
     (_K.IDLE, IncomingCallRequest): Transition("refuse_incoming_call", _K.IDLE),
     (_K.WAIT_REPLY, IncomingCallRequest): Transition("refuse_incoming_call", _K.WAIT_REPLY),
     (_K.ESTABLISHED, IncomingCallRequest): Transition("refuse_incoming_call", _K.ESTABLISHED),
+    (_K.WAIT_DISCONNECT, IncomingCallRequest): Transition("refuse_incoming_call", _K.WAIT_DISCONNECT),
     (_K.CLEARED, IncomingCallRequest): Transition("refuse_incoming_call", _K.CLEARED),
 }
 
