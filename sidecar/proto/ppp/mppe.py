@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -213,6 +213,19 @@ HEADER_D: Final = 0x10  # encrypted
 CCOUNT_SPACE: Final = 4096
 _CCOUNT_MASK: Final = 0x0FFF
 _MAX_STATELESS_GAP: Final = CCOUNT_SPACE // 2  # beyond this, a packet is late, not ahead
+MAX_EXTRA_REKEYS: Final = 8
+
+PlausibleCheck = Callable[[bytes], bool]
+
+
+def ip_plausible(head: bytes) -> bool:
+    """Does a decrypted frame start like IPv4/IPv6 under PPP (protocol 0x0021/0x0057, or the
+    PFC-compressed 0x21/0x57, followed by the matching IP version nibble)?"""
+    if len(head) >= 3 and head[0] == 0x00 and head[1] in (0x21, 0x57):
+        return head[2] >> 4 == (4 if head[1] == 0x21 else 6)
+    if len(head) >= 2 and head[0] in (0x21, 0x57):
+        return head[1] >> 4 == (4 if head[0] == 0x21 else 6)
+    return False
 
 
 def _rc4(key: bytes) -> CipherContext:
@@ -235,10 +248,14 @@ class _Direction:
         self.rc4 = _rc4(self.session)
         self.ccount = _CCOUNT_MASK  # first packet carries count 0
 
+    def following_key(self, session: bytes) -> bytes:
+        """RFC 3078 §7.3: the session key after ``session``."""
+        interim = get_new_key_from_sha(self.start, session, self.length)
+        return reduce_key(_rc4(interim).update(interim), self.key_bits)
+
     def next_session_key(self) -> None:
-        """RFC 3078 §7.3: new session key (without touching the RC4 stream)."""
-        interim = get_new_key_from_sha(self.start, self.session, self.length)
-        self.session = reduce_key(_rc4(interim).update(interim), self.key_bits)
+        """Advance the session key (without touching the RC4 stream)."""
+        self.session = self.following_key(self.session)
 
     def rekey(self, times: int = 1) -> None:
         for _ in range(times):
@@ -264,6 +281,8 @@ class MppeCounters:
     dropped_resync: int = 0  # stateful: dropped while waiting for a flushed packet
     losses: int = 0  # stateful: coherency gaps detected (each asks for a CCP Reset-Request)
     resyncs: int = 0  # stateful: recovered with a flushed packet
+    extra_rekeys: int = 0  # stateful: rekeys beyond the RFC count (a flushed packet was lost)
+    resync_failed: int = 0  # stateful: a flushed packet that fit no candidate key (dropped)
 
 
 class MppeCodec:
@@ -274,6 +293,7 @@ class MppeCodec:
     """
 
     __slots__ = (
+        "_plausible",
         "_rx",
         "_tx",
         "_tx_flush",
@@ -284,8 +304,17 @@ class MppeCodec:
         "stateful",
     )
 
-    def __init__(self, send_key: bytes, recv_key: bytes, key_bits: int, stateful: bool) -> None:
+    def __init__(
+        self,
+        send_key: bytes,
+        recv_key: bytes,
+        key_bits: int,
+        stateful: bool,
+        *,
+        plausible: PlausibleCheck = ip_plausible,
+    ) -> None:
         self.key_bits = key_bits
+        self._plausible = plausible
         self.stateful = stateful
         self._tx = _Direction(send_key, key_bits)
         self._rx = _Direction(recv_key, key_bits)
@@ -367,17 +396,13 @@ class MppeCodec:
                     c.rx_rekeys += 1
             elif flushed:
                 # Resynchronise: one rekey per flag packet we missed in [last + 1, count), then one
-                # for this flushed packet.
+                # for this flushed packet (RFC 3078 §7.1 as Windows and Linux do it).
                 skipped = 0
                 probe = (rx.ccount + 1) & _CCOUNT_MASK
                 while (probe & ~0xFF) != (count & ~0xFF):
                     skipped += 1
                     probe = (probe + 256) & _CCOUNT_MASK
-                rx.rekey(skipped + 1)
-                c.rx_rekeys += skipped + 1
-                c.resyncs += 1
-                self.resync_pending = False
-                self.needs_reset = False
+                return self._resync(data, count, skipped + 1)
             else:
                 if self.resync_pending:
                     c.dropped_resync += 1
@@ -389,3 +414,39 @@ class MppeCodec:
             rx.ccount = count
         c.decrypted += 1
         return bytes(rx.rc4.update(data[2:]))
+
+    def _resync(self, data: bytes | memoryview, count: int, rekeys: int) -> bytes | None:
+        """Find the key of a flushed packet after loss.
+
+        The count of rekeys is exact unless a flushed packet was itself lost (each flush is a rekey
+        the receiver never saw). So: try the RFC count first, then up to ``MAX_EXTRA_REKEYS`` more,
+        and take the first whose plaintext starts like a packet we carry (``plausible``). Nothing
+        is committed for a packet that fits no candidate: it is dropped and a reset asked again.
+        """
+        c = self.counters
+        rx = self._rx
+        session = rx.session
+        for _ in range(rekeys):
+            session = rx.following_key(session)
+        head_len = min(len(data) - 2, 3)
+        for extra in range(MAX_EXTRA_REKEYS + 1):
+            rc4 = _rc4(session)
+            head = rc4.update(data[2 : 2 + head_len])
+            if self._plausible(head):
+                rx.session = session
+                rx.rc4 = rc4
+                rx.ccount = count
+                c.rx_rekeys += rekeys + extra
+                c.resyncs += 1
+                c.extra_rekeys += extra
+                c.decrypted += 1
+                self.resync_pending = False
+                self.needs_reset = False
+                return head + rc4.update(data[2 + head_len :])
+            session = rx.following_key(session)
+        c.resync_failed += 1
+        if not self.resync_pending:
+            c.losses += 1
+        self.resync_pending = True
+        self.needs_reset = True
+        return None
