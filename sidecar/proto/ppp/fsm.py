@@ -373,6 +373,7 @@ class Automaton:
         self.reason: str | None = None  # why the layer is (going) down, once known
         self.failed = False  # True when the reason is a negotiation failure or peer silence
         self.peer_terminated = False
+        self.terminate_text = ""  # the text of the peer's Terminate-Request, if it sent one
         self._restart_count = 0
         self._deadline: float | None = None
         self._failures = 0  # Naks sent since the last Ack we sent
@@ -492,8 +493,9 @@ class Automaton:
         elif code == F.TERMINATE_REQUEST:
             if self.state is S.OPENED or self.state in (S.REQ_SENT, S.ACK_RCVD, S.ACK_SENT):
                 self.peer_terminated = True
+                text = readable_reason(packet.data)
+                self.terminate_text = text
                 if self.reason is None:
-                    text = readable_reason(packet.data)
                     self.reason = f"the peer closed {self.handler.name}" + (f": {text}" if text else "")
             self._fire(Event.RTR)
         elif code == F.TERMINATE_ACK:
@@ -525,10 +527,16 @@ class Automaton:
             if key != self._last_answered:
                 self.counters.rx_duplicate_requests += 1  # an older copy: answered differently since
                 return
+            self.counters.rx_duplicate_requests += 1
             if self.state is S.OPENED:
-                self.counters.rx_duplicate_requests += 1
                 if previous.acked:
                     self._out.append(previous.packet)  # our Ack was lost: say it again
+                return
+            if self.state not in (S.CLOSED, S.CLOSING, S.STOPPING):
+                # a retransmission of the request we answered last: same answer, same event,
+                # without judging it twice (judging may count, e.g. loopback suspicions)
+                self._reply = previous.packet
+                self._fire(Event.RCR_PLUS if previous.acked else Event.RCR_MINUS)
                 return
         options = F.decode_options(packet.data)
         if self.state in (S.CLOSED, S.CLOSING, S.STOPPING):
