@@ -356,7 +356,7 @@ def parse_hostname(text: str) -> str:
 
 def parse_server(text: str) -> tuple[str, int]:
     host, sep, port_text = text.strip().rpartition(":")
-    if not sep:
+    if not sep or host.count(":") or host.startswith("["):  # no port, or an IPv6 address
         return parse_hostname(text), PPTP_PORT
     port = _parse_port(port_text)
     return parse_hostname(host), port
@@ -842,11 +842,13 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
     assert listen is not None
     local_ip = r.get("local_ip", parse_ipv4, DEFAULT_LOCAL_IP)
     pool = r.get("pool", _parse_pool, DEFAULT_POOL)
-    if local_ip in pool:
-        r.problems.append(
-            f"--pool/PPTP_POOL: contains the server's own address {local_ip} (--local-ip); "
-            "leave it out of the pool"
-        )
+    if local_ip in pool:  # a CIDR pool naturally contains the server's own address: leave it out
+        pool = tuple(a for a in pool if a != local_ip)
+        if not pool:
+            r.problems.append(
+                f"--pool/PPTP_POOL: holds only the server's own address {local_ip} (--local-ip); "
+                "give the clients other addresses"
+            )
     secrets_path: Path | None = None
     found = r.raw("secrets")
     if found is None:

@@ -182,3 +182,11 @@ def setup_logging(
     root.setLevel(_LEVELS.get(level, logging.INFO))
     _installed = handler
     return handler
+
+
+def reset_logging() -> None:
+    """Remove the handler :func:`setup_logging` installed (tests; embedding)."""
+    global _installed
+    if _installed is not None:
+        logging.getLogger().removeHandler(_installed)
+        _installed = None
