@@ -21,6 +21,7 @@ import logging
 import trio
 
 from sidecar.observe import health, metrics
+from sidecar.observe.log import redact
 from sidecar.state import StatusBoard
 
 log = logging.getLogger("sidecar.observe.http")
@@ -61,11 +62,14 @@ class HttpApp:
         if path == "/readyz":
             code, text = health.readiness(self.board)
             return code, _TEXT, text.encode(), {}
+        # The board never holds a secret; masking the configured password here as well is defence in
+        # depth against one slipping into an error text (last_error, timeline details, labels).
         if path == "/metrics":
-            return 200, metrics.CONTENT_TYPE_LATEST, metrics.render(self.registry), {}
+            text = metrics.render(self.registry).decode()
+            return 200, metrics.CONTENT_TYPE_LATEST, redact(text).encode(), {}
         if path == "/status":
-            body = json.dumps(self.board.snapshot(), indent=2, sort_keys=True).encode() + b"\n"
-            return 200, "application/json", body, {}
+            text = json.dumps(self.board.snapshot(), indent=2, sort_keys=True) + "\n"
+            return 200, "application/json", redact(text).encode(), {}
         if path == "/":
             return 200, _TEXT, _INDEX.encode(), {}
         return 404, _TEXT, b"not found: try /healthz /readyz /metrics /status\n", {}

@@ -158,6 +158,12 @@ def _text_value(value: Any) -> str:
 
 
 _installed: logging.Handler | None = None
+_active: RedactFilter | None = None
+
+
+def redact(text: str) -> str:
+    """Mask the configured secrets in any text (the HTTP listener runs /status and /metrics through it)."""
+    return _active.redact(text) if _active is not None else text
 
 
 def setup_logging(
@@ -171,10 +177,11 @@ def setup_logging(
 
     Calling it again replaces the handler this module installed (not others).
     """
-    global _installed
+    global _installed, _active
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(RedactFilter(secrets))
+    _active = RedactFilter(secrets)
+    handler.addFilter(_active)
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
@@ -186,7 +193,8 @@ def setup_logging(
 
 def reset_logging() -> None:
     """Remove the handler :func:`setup_logging` installed (tests; embedding)."""
-    global _installed
+    global _installed, _active
     if _installed is not None:
         logging.getLogger().removeHandler(_installed)
         _installed = None
+    _active = None

@@ -289,3 +289,19 @@ def test_json_formatter_survives_odd_extras() -> None:
 def _reset_logging() -> Any:
     yield
     reset_logging()
+
+
+def test_status_and_metrics_mask_the_password_as_defence_in_depth(
+    board_clock: tuple[StatusBoard, Clock],
+) -> None:
+    board, _ = board_clock
+    setup_logging("info", "text", secrets=(SECRET,), stream=io.StringIO())
+    board.record_error(f"server said: bad password {SECRET}")  # a careless message upstream
+    board.link_up(local_ip="10.0.0.2", peer_ip="10.0.0.1", encryption=f"weird {SECRET}")
+
+    def body(port: int) -> tuple[bytes, bytes]:
+        return get(port, "/status")[2], get(port, "/metrics")[2]
+
+    status, metrics = with_listener(board, body)
+    assert SECRET.encode() not in status and b"bad password ***" in status
+    assert SECRET.encode() not in metrics and b'encryption="weird ***"' in metrics
