@@ -50,6 +50,7 @@ GRE_HEADER = 16  # enhanced GRE: 8 bytes + sequence 4 + acknowledgement 4 (RFC 2
 PPP_HEADER = 4  # address/control FF 03 (2) + protocol (2), worst case: no ACFC/PFC negotiated
 MPPE_OVERHEAD = 4  # MPPE header (2, coherency count) + the inner protocol field (2) under 0x00FD
 MIN_MTU = 576  # below this we refuse to run rather than produce a useless tunnel
+EARLY_GRE_MAX = 16  # GRE packets kept while the call is being established
 
 
 def max_mru(path_mtu: int) -> int:
@@ -158,6 +159,7 @@ class SessionStack:
         self._link_down = False
         self._peer_ip: IPv4Address | None = None
         self._grace_steps = (0.8, 0.5, 0.5)  # LINK, CALL, STOP (seconds), set by close()
+        self._early: list[bytes] = []  # GRE that arrived before the call was established
 
     # -- control channel --------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -183,6 +185,9 @@ class SessionStack:
         """A GRE packet (IP header stripped) -> IP packets for the TUN device."""
         gre, link = self.gre, self.link
         if gre is None or link is None:
+            # GRE can overtake the TCP Outgoing-Call-Reply: keep a few packets for the call to come
+            if self.outcome is None and len(self._early) < EARLY_GRE_MAX:
+                self._early.append(bytes(packet))
             return []
         out: list[bytes] = []
         for frame in gre.receive(packet, now):
@@ -293,6 +298,10 @@ class SessionStack:
                 if self._peer_ip is not None:
                     self._apply_peer_ip()
                 self.link.start(now)
+                early, self._early = self._early, []
+                for packet in early:  # the peer's first LCP packets, if they overtook the reply
+                    for frame in self.gre.receive(packet, now):
+                        self.link.receive(frame, now)
             elif isinstance(ev, CallCleared):
                 self._link_down = True  # the call carried the link: it is gone with it
                 self._set_outcome(Outcome(f"call cleared: {ev.reason}", by_peer=ev.by_peer, error=ev.by_peer))
@@ -300,8 +309,9 @@ class SessionStack:
                     self._stop_control(now)
             elif isinstance(ev, ControlClosed):
                 self._link_down = True
-                self._set_outcome(Outcome(f"control connection closed: {ev.reason}", by_peer=ev.by_peer,
-                                          error=ev.error))  # fmt: skip
+                self._set_outcome(
+                    Outcome(f"control connection closed: {ev.reason}", by_peer=ev.by_peer, error=ev.error)
+                )
                 self.step = Step.DONE
                 self._step_deadline = None
 

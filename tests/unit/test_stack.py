@@ -6,79 +6,13 @@ order of things, the goodbye with its deadlines, the outcome, and the MTU arithm
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from sidecar.proto.pptp import ControlConfig, ControlConnection, Role
 from sidecar.stack import SessionStack, Step, max_mru, tunnel_mtu
-
-
-@dataclass(frozen=True)
-class LinkUp:
-    mtu: int = 1400
-
-
-@dataclass(frozen=True)
-class LinkDown:
-    reason: str
-    bad_credentials: bool = False
-
-
-@dataclass
-class StandInLink:
-    """Comes up after one HELLO each way; data frames are b"IP" + packet; TERM/TACK say goodbye."""
-
-    fail_auth: bool = False
-    up: bool = False
-    closed: bool = False
-    out: list[bytes] = field(default_factory=list)
-    evs: list[Any] = field(default_factory=list)
-    received: list[bytes] = field(default_factory=list)
-
-    def start(self, now: float) -> None:
-        self.out.append(b"HELLO")
-
-    def receive(self, frame: bytes, now: float) -> list[bytes]:
-        self.received.append(frame)
-        if frame == b"HELLO":
-            if self.fail_auth:
-                self.evs.append(LinkDown("authentication failed: bad password", bad_credentials=True))
-                return []
-            self.up = True
-            self.evs.append(LinkUp())
-        elif frame == b"TERM":
-            self.out.append(b"TACK")
-            self.up = False
-            self.evs.append(LinkDown("peer sent Terminate-Request"))
-        elif frame == b"TACK" and self.closed:
-            self.evs.append(LinkDown("terminated"))
-        elif frame.startswith(b"IP"):
-            return [frame[2:]]
-        return []
-
-    def send_ip(self, packet: bytes, now: float) -> bytes | None:
-        return b"IP" + packet if self.up else None
-
-    def frames_to_send(self) -> list[bytes]:
-        out, self.out = self.out, []
-        return out
-
-    def events(self) -> list[Any]:
-        out, self.evs = self.evs, []
-        return out
-
-    def close(self, now: float, reason: str) -> None:
-        self.closed = True
-        self.up = False
-        self.out.append(b"TERM")
-
-    def timeout(self, now: float) -> None:
-        pass
-
-    def next_deadline(self) -> float | None:
-        return None
+from tests.standin_link import StandInLink
 
 
 def make(role: Role, link: StandInLink, seed: int) -> SessionStack:
@@ -128,7 +62,8 @@ def kinds(events: list[Any]) -> list[str]:
 def test_handshake_builds_gre_and_link_in_order_and_carries_ip_both_ways() -> None:
     p = Pair()
     p.up()
-    assert kinds(p.events["client"])[:3] == ["ControlConnected", "CallEstablished", "LinkUp"]
+    assert kinds(p.events["client"])[:2] == ["ControlConnected", "CallEstablished"]
+    assert kinds(p.events["client"]).index("LinkUp") > 1
     assert "LinkUp" in kinds(p.events["server"])
     assert p.client.gre is not None and p.server.gre is not None
     # call IDs cross: what the client writes is what the server expects
@@ -192,6 +127,7 @@ def test_bad_credentials_end_the_session_and_say_so() -> None:
     assert p.client.finished()
     assert p.client.outcome is not None and p.client.outcome.bad_credentials
     assert "bad password" in p.client.outcome.reason
+    assert "AuthFailed" in kinds(p.events["client"])
 
 
 def test_peer_terminate_is_the_outcome_and_the_call_is_cleared() -> None:
@@ -243,3 +179,22 @@ def test_mtu_caps() -> None:
     assert tunnel_mtu(1500, link_mtu=1300) == 1300
     assert tunnel_mtu(1500, configured=1200) == 1200
     assert tunnel_mtu(1500, configured=1490) == 1456  # never above what fits
+
+
+def test_gre_that_overtakes_the_call_reply_is_kept_for_the_call() -> None:
+    p = Pair()
+    p.client.start(p.now)
+    p.server.start(p.now)
+    # the control exchange up to the server's Outgoing-Call-Reply, which we hold back
+    p.server.control_received(p.client.control_to_send(), p.now)  # SCCRQ
+    p.client.control_received(p.server.control_to_send(), p.now)  # SCCRP
+    p.server.control_received(p.client.control_to_send(), p.now)  # OCRQ
+    p.server.events(p.now)
+    ocrp = p.server.control_to_send()
+    early = p.server.gre_to_send(p.now)  # the server's link starts at once: its HELLO
+    assert early
+    for packet in early:
+        assert p.client.gre_received(packet, p.now) == []  # no call yet: kept, not lost
+    p.client.control_received(ocrp, p.now)
+    p.client.events(p.now)
+    assert p.cl.received == [b"HELLO"] and p.cl.up
