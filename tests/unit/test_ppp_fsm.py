@@ -267,7 +267,7 @@ def test_terminate_carries_readable_reason() -> None:
     assert state_of(a) is State.CLOSED and a.take_signals() == [Signal.FINISHED]
     # b waits one restart interval (zrc), then finishes
     b.timeout(b.next_deadline() or 0.0)
-    assert b.state is State.STOPPED and b.take_signals() == [Signal.DOWN, Signal.FINISHED]
+    assert state_of(b) is State.STOPPED and b.take_signals() == [Signal.DOWN, Signal.FINISHED]
 
 
 def test_terminate_request_is_retransmitted_max_terminate_times() -> None:

@@ -114,7 +114,7 @@ class Harness:
         self._collect()
         while self.now <= limit:
             self.steps += 1
-            assert self.steps < 100_000, "the links keep talking without converging"
+            assert self.steps < 20_000, "the links keep talking without converging"
             if until_settled and self.settled() and not self.net.queue:
                 return
             candidates = [d for d in (self.client.next_deadline(), self.server.next_deadline()) if d]
@@ -360,3 +360,67 @@ def test_random_bytes_never_raise() -> None:
                 )
             link.receive(raw, h.now)
             link.timeout(h.now)
+
+
+# -- loss, duplication, reordering ------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    loss=st.sampled_from([0.0, 0.1, 0.3]),
+    dup=st.sampled_from([0.0, 0.2, 0.5]),
+    jitter=st.sampled_from([0.0, 0.5, 4.0]),
+    method=st.sampled_from(ALL_METHODS),
+    mppe=st.sampled_from(list(MppePolicy)),
+    server_mppe=st.sampled_from(list(MppePolicy)),
+    stateful=st.booleans(),
+    ipv6=st.booleans(),
+)
+def test_negotiation_converges_or_fails_with_reason_under_loss_dup_reorder(
+    seed: int,
+    loss: float,
+    dup: float,
+    jitter: float,
+    method: AuthMethod,
+    mppe: MppePolicy,
+    server_mppe: MppePolicy,
+    stateful: bool,
+    ipv6: bool,
+) -> None:
+    h = Harness.make(
+        client_config(auth_methods=(method,), mppe=mppe, mppe_stateful=stateful, ipv6=ipv6),
+        server_config(auth_methods=(method,), mppe=server_mppe, ipv6=ipv6),
+        seed,
+        loss=loss,
+        dup=dup,
+        jitter=jitter,
+    )
+    h.run(limit=1200.0)
+    assert h.settled(), "negotiation neither converged nor failed"
+    ups = [[e for e in evs if isinstance(e, LinkUp)] for evs in h.events]
+    downs = [[e for e in evs if isinstance(e, LinkDown)] for evs in h.events]
+    for i in range(2):
+        assert len(ups[i]) <= 1 and len(downs[i]) <= 1
+        for d in downs[i]:
+            assert d.reason.strip()
+    if ups[0] and ups[1] and not downs[0] and not downs[1]:
+        c, s = ups[0][0], ups[1][0]
+        assert c.local_ip == s.peer_ip and c.peer_ip == s.local_ip
+        assert c.encryption == s.encryption
+        if mppe is MppePolicy.REQUIRE:
+            assert c.encryption.startswith("MPPE-")
+        if mppe is MppePolicy.REFUSE or server_mppe is MppePolicy.REFUSE:
+            assert c.encryption == "none"
+        if loss == 0.0 and dup == 0.0:
+            roundtrip(h, b"after a rough negotiation")
+    elif loss == 0.0 and dup == 0.0 and jitter == 0.0:
+        # a clean wire fails only for a policy reason
+        has_keys = method in (AuthMethod.MSCHAP_V1, AuthMethod.MSCHAP_V2)
+        policy_clash = (mppe is MppePolicy.REQUIRE and (server_mppe is MppePolicy.REFUSE or not has_keys)) or (
+            server_mppe is MppePolicy.REQUIRE and (mppe is MppePolicy.REFUSE or not has_keys)
+        )
+        assert policy_clash, (downs, h.events)

@@ -373,6 +373,7 @@ class Automaton:
         self.reason: str | None = None  # why the layer is (going) down, once known
         self.failed = False  # True when the reason is a negotiation failure or peer silence
         self.peer_terminated = False
+        self.timed_out = False  # negotiation ended because the peer stopped answering
         self.terminate_text = ""  # the text of the peer's Terminate-Request, if it sent one
         self._restart_count = 0
         self._deadline: float | None = None
@@ -381,7 +382,7 @@ class Automaton:
         self._now = 0.0
         self._id = 0
         self._request_id = 0
-        self._request_data = b""
+        self._request_data: bytes | None = None
         self._request_answered = True
         self._request_options: list[Option] = []
         self._retransmit = False
@@ -449,6 +450,7 @@ class Automaton:
             return
         if self.state in (S.REQ_SENT, S.ACK_RCVD, S.ACK_SENT) and self.reason is None:
             self.failed = True
+            self.timed_out = True
             self.reason = (
                 f"{self.handler.name}: the peer did not complete negotiation after "
                 f"{self.config.max_configure} Configure-Requests"
@@ -587,7 +589,7 @@ class Automaton:
             return
         options = F.decode_options(packet.data)
         if packet.code == F.CONFIGURE_ACK:
-            if packet.data != self._request_data:
+            if packet.data != (self._request_data or b""):
                 self.counters.rx_malformed += 1  # an Ack must repeat the request exactly
                 return
             self._request_answered = True
@@ -631,6 +633,7 @@ class Automaton:
         elif action is A.TLS:
             self.reason = None
             self.failed = False
+            self.timed_out = False
             self.peer_terminated = False
             self._failures = 0
             self._refusals = 0
@@ -670,12 +673,16 @@ class Automaton:
     def _send_configure_request(self) -> None:
         self._restart_count -= 1
         self._deadline = self._now + self.config.restart_interval
-        if self._retransmit and not self._request_answered:
+        if self._retransmit and self._request_data is not None:
+            # a timeout resends the same request with the same identifier, also from Ack-Rcvd
+            # (where the Ack we had no longer counts): the peer recognises the copy and answers
+            # it again instead of renegotiating an Opened layer
             self.counters.retransmits += 1
+            self._request_answered = False
         else:
             self._request_options = list(self.handler.build_request())
             self._request_data = F.encode_options(self._request_options)
             self._request_id = self.next_identifier()
             self._request_answered = False
         self.counters.configure_requests_sent += 1
-        self._out.append(F.encode_control(F.CONFIGURE_REQUEST, self._request_id, self._request_data))
+        self._out.append(F.encode_control(F.CONFIGURE_REQUEST, self._request_id, self._request_data or b""))

@@ -281,7 +281,7 @@ class PppLink:
     def next_deadline(self) -> float | None:
         deadlines = [self.lcp.next_deadline(), self.keepalive.next_deadline()]
         deadlines += [fsm.next_deadline() for fsm in self._ncps.values()]
-        if self.auth is not None:
+        if self.auth is not None and not self._down_reported:
             deadlines.append(self.auth.next_deadline())
         present = [d for d in deadlines if d is not None]
         return min(present) if present else None
@@ -693,6 +693,12 @@ class PppLink:
                 self._go_down(now, f"the {self._other} renegotiated CCP; the MPPE session cannot continue")
         elif signal is Signal.FINISHED and not self._ccp_decided:
             reason = fsm.reason or REFUSED_REASON
+            if fsm.timed_out:
+                # the peer may have opened CCP with MPPE while our side gave up: running on
+                # would black-hole traffic (it encrypts, we do not), so this is fatal even
+                # when MPPE is optional
+                self._go_down(now, f"{reason}; the encryption state is unknown, so the link cannot continue")
+                return
             if not fsm.failed and self.config.mppe is MppePolicy.REQUIRE:
                 reason = f"{reason}; {REFUSED_REASON}"
             self._ccp_failed(now, reason)
