@@ -165,17 +165,24 @@ class Netns:
 
     # -- observing -------------------------------------------------------------------------------
     def addr_snapshot(self) -> list[str]:
-        """``ip -o addr`` lines minus volatile fields, sorted: compare before/after."""
+        """``ip -o addr`` lines minus volatile fields, sorted: compare before/after.
+
+        IPv6 link-local addresses are left out: the kernel adds them on its own, some time after a
+        link comes up (after DAD), so they would make before/after comparisons flaky.
+        """
         lines = []
         for line in self.ip("-o", "addr", "show").splitlines():
-            words = line.split()
-            # drop "valid_lft forever preferred_lft forever" and the leading index
-            keep = [w for w in words[1:] if w not in ("\\",)]
-            lines.append(" ".join(keep).split(" valid_lft")[0])
+            text = line.split(" valid_lft")[0].replace("\\", " ")
+            words = text.split()[1:]  # drop the leading "<index>:"
+            if len(words) > 1 and words[1] == "inet6" and "link" in words[words.index("scope") + 1 :][:1]:
+                continue
+            lines.append(" ".join(words))
         return sorted(lines)
 
-    def route_snapshot(self) -> list[str]:
-        out = self.ip("route", "show", "table", "all")
+    def route_snapshot(self, family: int = 4) -> list[str]:
+        """All IPv4 routes of every table (``family=6``: IPv6; the kernel adds IPv6 link-local and
+        multicast routes on its own after a link comes up, so IPv6 snapshots can be flaky)."""
+        out = self.ip(f"-{family}", "route", "show", "table", "all")
         return sorted(line.strip() for line in out.splitlines() if line.strip())
 
     def links(self) -> list[str]:
