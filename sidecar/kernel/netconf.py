@@ -148,12 +148,14 @@ class NetConf:
             lambda: self._undo("link", "set", index=index, mtu=old),
         )
 
-    def add_point_to_point(self, ifname: str, local: IPv4Address, peer: IPv4Address) -> None:
-        """``ip addr add <local> peer <peer>/32 dev <ifname>``; the kernel adds the peer route."""
+    def add_point_to_point(self, ifname: str, local: IPv4Address, peer: IPv4Address | None) -> None:
+        """``ip addr add <local> peer <peer>/32 dev <ifname>``; the kernel adds the peer route.
+        Without a peer address (a server that gives none): ``<local>/32``."""
         index = self.ifindex(ifname)
-        kw = {"index": index, "local": str(local), "address": str(peer), "prefixlen": 32}
-        self._call(f"add address {local} peer {peer} on {ifname}", "addr", "add", **kw)
-        self.journal.push(f"address {local} peer {peer} on {ifname}", lambda: self._undo("addr", "del", **kw))
+        what = f"{local} peer {peer}" if peer is not None else f"{local}/32"
+        kw = {"index": index, "local": str(local), "address": str(peer or local), "prefixlen": 32}
+        self._call(f"add address {what} on {ifname}", "addr", "add", **kw)
+        self.journal.push(f"address {what} on {ifname}", lambda: self._undo("addr", "del", **kw))
 
     def add_route(
         self,

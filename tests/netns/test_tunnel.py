@@ -107,10 +107,14 @@ def test_tunnel_up_carries_data_and_restores_everything_on_stop(
             async def client() -> None:
                 result.append(
                     await run_session(
-                        settings, board, server_ip=h.server_ip, stop=stop, resolv_conf=resolv,
+                        settings,
+                        board,
+                        server_ip=h.server_ip,
+                        stop=stop,
+                        resolv_conf=resolv,
                         make_stack=standin_stack(),
                     )
-                )  # fmt: skip
+                )
 
             nursery.start_soon(client)
             await wait_state(board, State.UP)
@@ -169,8 +173,15 @@ def test_tunnel_up_carries_data_and_restores_everything_on_stop(
     assert h.client.route_snapshot() == route_before
     assert resolv.read_text() == ORIGINAL_RESOLV
     phases = [e.phase for e in board.timeline]
-    for phase in ("tcp connected", "control connected", "call established", "lcp up", "authenticated",
-                  "ipcp up", "up"):  # fmt: skip
+    for phase in (
+        "tcp connected",
+        "control connected",
+        "call established",
+        "lcp up",
+        "authenticated",
+        "ipcp up",
+        "up",
+    ):
         assert phase in phases, phases
 
 
@@ -188,8 +199,11 @@ def test_server_hanging_up_ends_the_session_and_restores(
             result: list[SessionResult] = []
 
             async def client() -> None:
-                result.append(await run_session(settings, board, server_ip=h.server_ip, resolv_conf=resolv,
-                                                make_stack=standin_stack()))  # fmt: skip
+                result.append(
+                    await run_session(
+                        settings, board, server_ip=h.server_ip, resolv_conf=resolv, make_stack=standin_stack()
+                    )
+                )
 
             nursery.start_soon(client)
             await wait_state(board, State.UP)
@@ -221,8 +235,13 @@ def test_failed_start_restores_the_namespace(env: tuple[nslib.TwoHosts, StandInS
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             with trio.fail_after(4):
-                result = await run_session(settings, board, server_ip=h.server_ip, resolv_conf=broken_resolv,
-                                           make_stack=standin_stack())  # fmt: skip
+                result = await run_session(
+                    settings,
+                    board,
+                    server_ip=h.server_ip,
+                    resolv_conf=broken_resolv,
+                    make_stack=standin_stack(),
+                )
             nursery.cancel_scope.cancel()
         return result
 
@@ -255,8 +274,13 @@ def test_bad_credentials_are_reported(env: tuple[nslib.TwoHosts, StandInServer, 
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             with trio.fail_after(4):
-                result = await run_session(settings, board, server_ip=h.server_ip, resolv_conf=resolv,
-                                           make_stack=standin_stack(fail_auth=True))  # fmt: skip
+                result = await run_session(
+                    settings,
+                    board,
+                    server_ip=h.server_ip,
+                    resolv_conf=resolv,
+                    make_stack=standin_stack(fail_auth=True),
+                )
             nursery.cancel_scope.cancel()
         return result
 
