@@ -423,3 +423,39 @@ def test_negotiation_converges_or_fails_with_reason_under_loss_dup_reorder(
         server_clash = server_mppe is MppePolicy.REQUIRE and (mppe is MppePolicy.REFUSE or not has_keys)
         policy_clash = client_clash or server_clash
         assert policy_clash, (downs, h.events)
+
+
+CONTROL_PROTOCOLS = [F.LCP, F.IPCP, F.IPV6CP, F.CCP, F.PAP, F.CHAP, 0x8031, 0x00FD, 0x0021]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stage=st.integers(0, 30),
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from(CONTROL_PROTOCOLS),
+            st.integers(0, 16),
+            st.integers(0, 255),
+            st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=8)), max_size=4),
+            st.binary(max_size=6),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+)
+def test_structured_garbage_at_any_stage_never_raises(
+    stage: int, packets: list[tuple[int, int, int, list[tuple[int, bytes]], bytes, bool]]
+) -> None:
+    h = Harness.make(client_config(ipv6=True), server_config(ipv6=True))
+    h.run(limit=stage * 0.01, until_settled=False)  # stop somewhere inside the negotiation
+    for link in h.links():
+        for proto, code, ident, opts, tail, raw in packets:
+            if raw:
+                body = bytes((code, ident)) + tail  # length field garbage
+            else:
+                options = b"".join(bytes((t, len(d) + 2)) + d for t, d in opts)
+                body = F.encode_control(code, ident, options + tail)
+            link.receive(F.encode_frame(proto, body, acfc=False, pfc=False), h.now)
+        link.timeout(h.now + 100)
+        link.frames_to_send()
+        link.events()

@@ -630,7 +630,6 @@ class PppLink:
         if self._keys is None:
             method = self.auth_result.method.label if self.auth_result is not None else "no authentication"
             reason = f"MPPE needs MS-CHAPv1 or MS-CHAPv2 keys and the link used {method}"
-            self._ccp = None
             self._ccp_failed(now, reason)
             return
         self._start_ncp(F.CCP, self.ccp, now)
