@@ -248,3 +248,28 @@ def test_protocol_reject_of_ipcp_brings_the_link_down() -> None:
     h.client.receive(reject, h.now)
     downs = [e for e in h.client.events() if isinstance(e, LinkDown)]
     assert len(downs) == 1 and "rejected IPCP" in downs[0].reason
+
+
+def test_no_protocol_reject_before_lcp_is_opened_and_discard_is_silent() -> None:
+    client = PppLink(LinkRole.PEER, client_config(), random.Random(1))
+    client.start(0.0)
+    client.frames_to_send()
+    client.receive(b"\xff\x03\x80\x2b\x01\x01\x00\x04", 0.0)  # IPXCP before LCP is up: discarded
+    assert client.frames_to_send() == [] and client.counters.protocol_rejects_sent == 0
+    assert client.counters.rx_discarded == 1
+    h = Harness.make(client_config(), server_config())
+    h.run()
+    discard = F.encode_frame(
+        F.LCP, F.encode_control(F.DISCARD_REQUEST, 5, b"\x00\x00\x00\x00x"), acfc=False, pfc=False
+    )
+    h.client.receive(discard, h.now)
+    assert h.client.frames_to_send() == [] and h.client._lcp_h.discards == 1
+
+
+def test_small_mru_is_naked_and_nak_of_our_mru_is_taken() -> None:
+    h = lcp_handler()
+    assert h.judge([Option(1, (64).to_bytes(2, "big"))]) == [Option(1, (128).to_bytes(2, "big"))]
+    h.on_nak([Option(1, (1300).to_bytes(2, "big"))])
+    assert Option(1, (1300).to_bytes(2, "big")) in h.build_request()
+    h.on_reject([Option(1, b"\x05\x78"), Option(7), Option(8)])
+    assert [o.type for o in h.build_request()] == [5]
