@@ -459,3 +459,24 @@ def test_structured_garbage_at_any_stage_never_raises(
         link.timeout(h.now + 100)
         link.frames_to_send()
         link.events()
+
+
+def test_authenticator_address_assigned_during_authentication() -> None:
+    box: dict[str, PppLink] = {}
+
+    def lookup(user: str) -> Secret | None:
+        box["server"].assign_peer_ip(IPv4Address("10.9.0.77"))  # picked per user, like the server does
+        return USERS.get(user)
+
+    h = Harness.make(client_config(), server_config(peer_ip=None, lookup_secret=lookup))
+    box["server"] = h.server
+    h.run()
+    assert h.up(0).local_ip == IPv4Address("10.9.0.77") == h.up(1).peer_ip
+    with pytest.raises(ValueError, match="already started"):
+        h.server.assign_peer_ip(IPv4Address("10.9.0.78"))
+
+
+def test_authenticator_without_an_address_refuses_with_reason() -> None:
+    h = Harness.make(client_config(), server_config(peer_ip=None))
+    h.run()
+    assert h.down(1).reason == "no IPv4 address to assign to the client"

@@ -198,8 +198,8 @@ class PppLink:
         if authenticator:
             if config.auth_methods and config.lookup_secret is None:
                 raise ValueError("the authenticator role needs lookup_secret to check passwords")
-            if config.local_ip is None or config.peer_ip is None:
-                raise ValueError("the authenticator role needs local_ip and peer_ip")
+            if config.local_ip is None:
+                raise ValueError("the authenticator role needs local_ip (its own tunnel address)")
         self._fsm_config = FsmConfig(
             restart_interval=config.restart_interval,
             max_configure=config.max_configure,
@@ -264,6 +264,16 @@ class PppLink:
         self.lcp.open(now)
         self.lcp.up(now)
         self._settle(now)
+
+    def assign_peer_ip(self, address: IPv4Address) -> None:
+        """Authenticator: the address to give the client in IPCP, when it is known only after the
+        link exists (e.g. chosen per user during authentication). Must come before IPCP starts."""
+        if self.role is not LinkRole.AUTHENTICATOR:
+            raise ValueError("only the authenticator assigns the peer's address")
+        if F.IPCP in self._ncps:
+            raise ValueError("IPCP has already started; assign the peer address before authentication ends")
+        self.config.peer_ip = address
+        self._ipcp_h.config_peer = address
 
     def frames_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -643,6 +653,10 @@ class PppLink:
 
     def _open_ip_layers(self, now: float) -> None:
         if self._down_reported or F.IPCP in self._ncps:
+            return
+        peer_ip = self._ipcp_h.config_peer
+        if self.role is LinkRole.AUTHENTICATOR and (peer_ip is None or peer_ip == IPv4Address(0)):
+            self._go_down(now, "no IPv4 address to assign to the client")
             return
         self._start_ncp(F.IPCP, self.ipcp, now)
         if self.config.ipv6 and not self._ipv6_decided:
