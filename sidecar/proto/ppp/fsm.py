@@ -27,6 +27,10 @@ Two filters sit in front of the table, both about packets that are not new event
   older request that we since answered differently is dropped. RFC 1661 §5.1 makes this safe: a
   genuinely new request carries a new identifier.
 
+One deliberate deviation, as pppd does it: a timeout resends our Configure-Request with the same
+identifier, also from Ack-Rcvd (§5.1 would pick a new one there). The peer, possibly Opened already,
+then recognises the copy and repeats its Ack instead of renegotiating.
+
 The footnoted RFC variants are read plainly: ``3r``/``5r``/``9r`` (Restart option) do nothing extra,
 ``tlf/3p`` (Passive option) is a plain ``tlf``, ``6x`` (crossed connection) is a plain transition.
 """
