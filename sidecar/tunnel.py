@@ -131,6 +131,7 @@ class Session:
         self._done = trio.Event()
         self._scheduled = math.inf
         self._nursery_scope: trio.CancelScope | None = None
+        self._send_lock = trio.Lock()
 
     # -- the whole session ----------------------------------------------------------------------------
     async def run(self, stop: trio.Event) -> SessionResult:
@@ -291,10 +292,11 @@ class Session:
         while True:
             await self._control_dirty.wait()
             self._control_dirty = trio.Event()
-            data = self.stack.control_to_send()
-            if data:
+            async with self._send_lock:  # one writer at a time (the closer flushes too)
+                data = self.stack.control_to_send()
                 try:
-                    await self.stream.send_all(data)
+                    if data:
+                        await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self.failure = self.failure or f"control connection lost: {exc}"
                     self._done.set()
@@ -391,13 +393,14 @@ class Session:
         """When the stack is finished: flush the last control bytes (briefly), then end the nursery."""
         await self._done.wait()
         assert self.stack is not None and self.stream is not None
-        data = self.stack.control_to_send()
-        if data:
-            with (
-                trio.move_on_after(0.3),
-                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
-            ):
-                await self.stream.send_all(data)
+        with (
+            trio.move_on_after(0.3),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+        ):
+            async with self._send_lock:
+                data = self.stack.control_to_send()
+                if data:
+                    await self.stream.send_all(data)
         self._end()
 
     def _kernel_failure(self, what: str) -> None:

@@ -29,6 +29,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger(__name__)
+# pyroute2 logs every netlink message at DEBUG: too much for `--log-level debug` of the sidecar
+logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 DEFAULT_SPLIT = (IPv4Network("0.0.0.0/1"), IPv4Network("128.0.0.0/1"))
 RTPROT_STATIC = 4

@@ -74,6 +74,9 @@ def env(hosts: nslib.TwoHosts, tmp_path: Path) -> Iterator[tuple[nslib.TwoHosts,
         server.close()
 
 
+Env = tuple[nslib.TwoHosts, StandInServer, Path]
+
+
 def udp_packet(src: IPv4Address, dst: IPv4Address, sport: int, dport: int, payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src.packed, dst.packed)
@@ -223,7 +226,7 @@ def test_server_hanging_up_ends_the_session_and_restores(
     assert resolv.read_text() == ORIGINAL_RESOLV
 
 
-def test_failed_start_restores_the_namespace(env: tuple[nslib.TwoHosts, StandInServer, Path]) -> None:
+def test_failed_start_restores_the_namespace(env: Env) -> None:
     h, server, _ = env
     addr_before, route_before = h.client.addr_snapshot(), h.client.route_snapshot()
     settings = settings_for(h)
@@ -265,7 +268,7 @@ def test_connection_refused_is_a_stated_reason_and_leaves_nothing(hosts: nslib.T
     assert h.client.route_snapshot() == route_before
 
 
-def test_bad_credentials_are_reported(env: tuple[nslib.TwoHosts, StandInServer, Path]) -> None:
+def test_bad_credentials_are_reported(env: Env) -> None:
     h, server, resolv = env
     settings = settings_for(h)
     board = StatusBoard()
@@ -288,3 +291,41 @@ def test_bad_credentials_are_reported(env: tuple[nslib.TwoHosts, StandInServer, 
     assert result.bad_credentials and not result.was_up
     assert "bad password" in result.reason
     assert board.auth_failures == 1
+
+
+def test_stop_with_a_silent_server_still_ends_within_two_seconds(env: Env) -> None:
+    h, server, resolv = env
+    route_before = h.client.route_snapshot()
+    settings = settings_for(h)
+    board = StatusBoard()
+
+    async def main() -> tuple[SessionResult, float]:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            result: list[SessionResult] = []
+
+            async def client() -> None:
+                result.append(
+                    await run_session(
+                        settings, board, server_ip=h.server_ip, stop=stop, resolv_conf=resolv,
+                        make_stack=standin_stack(),
+                    )
+                )  # fmt: skip
+
+            nursery.start_soon(client)
+            await wait_state(board, State.UP)
+            server.mute = True  # frozen: answers nothing from now on
+            t0 = trio.current_time()
+            stop.set()
+            with trio.fail_after(3):
+                while not result:
+                    await trio.sleep(0.01)
+            took = trio.current_time() - t0
+            nursery.cancel_scope.cancel()
+        return result[0], took
+
+    result, took = in_client(h, main)
+    assert result.stopped and took <= 2.05
+    assert h.client.route_snapshot() == route_before
+    assert resolv.read_text() == ORIGINAL_RESOLV
