@@ -369,6 +369,10 @@ class SessionStack:
             self.step = Step.DONE
 
     def _apply_peer_ip(self) -> None:
+        assign = getattr(self.link, "assign_peer_ip", None)
+        if assign is not None:
+            assign(self._peer_ip)
+            return
         cfg = self.link.config
         try:
             cfg.peer_ip = self._peer_ip
