@@ -4,6 +4,7 @@ timers, ``send_ip`` and ``close``."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from ipaddress import IPv4Address
 
@@ -57,7 +58,7 @@ EVENT_TYPES = (
 PRELUDE_ROUNDS = (0, 1, 2, 3, 4, 6, 9, 14)
 
 
-def _configs(setup: int, extra: int) -> tuple[LinkConfig, LinkConfig]:
+def _configs(setup: int, extra: int, assign_later: bool = False) -> tuple[LinkConfig, LinkConfig]:
     methods = METHOD_SETS[extra % len(METHOD_SETS)]
     server_methods = METHOD_SETS[(extra >> 3) % len(METHOD_SETS)] if extra & 0x40 else methods
     policy = POLICIES[(setup >> 1) % 3]
@@ -80,7 +81,7 @@ def _configs(setup: int, extra: int) -> tuple[LinkConfig, LinkConfig]:
         local_name="fuzzsrv",
         auth_methods=server_methods,
         local_ip=IPv4Address("10.7.0.1"),
-        peer_ip=IPv4Address("10.7.0.2"),
+        peer_ip=None if assign_later else IPv4Address("10.7.0.2"),
         dns=(IPv4Address("10.7.0.53"),),
         mppe=server_policy,
         mppe_stateful=stateful,
@@ -176,9 +177,9 @@ def target_link(data: bytes) -> None:
     r = Reader(data)
     setup = r.u8()
     extra = r.u8()
-    client_cfg, server_cfg = _configs(setup, extra)
-    test_client = bool(setup & 1)
     seed = r.u16()
+    client_cfg, server_cfg = _configs(setup, extra, assign_later=bool(seed & 0x8000))
+    test_client = bool(setup & 1)
     client = PppLink(LinkRole.PEER, client_cfg, random.Random(seed))
     server = PppLink(LinkRole.AUTHENTICATOR, server_cfg, random.Random(seed + 1))
     link, twin = (client, server) if test_client else (server, client)
@@ -203,7 +204,7 @@ def target_link(data: bytes) -> None:
         watch.events()
         twin_watch.events()
     watch.state()
-    for op in r.ops(11):
+    for op in r.ops(12):
         if op == 0:
             fr = r.blob()
             watch.delivered(fr, link.receive(fr, now))
@@ -250,6 +251,11 @@ def target_link(data: bytes) -> None:
                 watch.delivered(fr, link.receive(fr, now))
         elif op == 9:
             link.start(now)
+        elif op == 10:  # the authenticator learns the client's address late (per-user pools)
+            address = IPv4Address(r.u32())
+            for side in (link, twin):
+                with contextlib.suppress(ValueError):  # documented: wrong role, or IPCP already started
+                    side.assign_peer_ip(address)
         else:  # a frame with a random protocol number and payload
             try:
                 fr = F.encode_frame(r.u16() | 1, r.blob(), acfc=bool(r.u8() & 1), pfc=True)
