@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from sidecar.proto.secret import Secret
 
 if TYPE_CHECKING:
-    from sidecar.proto.ppp.auth.base import AuthMethod
+    from sidecar.proto.ppp.auth import AuthMethod
     from sidecar.proto.ppp.mppe import MppePolicy
 
 ENV_PREFIX = "PPTP_"
@@ -476,7 +476,7 @@ def parse_choice(choices: Sequence[str]) -> Callable[[str], str]:
 
 
 def _auth_method(name: str) -> AuthMethod:
-    from sidecar.proto.ppp.auth.base import AuthMethod
+    from sidecar.proto.ppp.auth import AuthMethod
 
     return {
         "mschapv2": AuthMethod.MSCHAP_V2,

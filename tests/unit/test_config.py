@@ -10,7 +10,7 @@ import pytest
 
 from sidecar import config
 from sidecar.config import ConfigError, build_probe_settings, build_serve_settings, build_up_settings
-from sidecar.proto.ppp.auth.base import AuthMethod
+from sidecar.proto.ppp.auth import AuthMethod
 from sidecar.proto.ppp.mppe import MppePolicy
 from sidecar.proto.secret import Secret
 
