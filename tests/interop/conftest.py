@@ -37,6 +37,7 @@ def pptpd_image() -> Path:
     why = vmmod.missing_requirements()
     if why is not None:
         pytest.skip(why)
+    vmmod.cleanup_leftovers()
     t0 = time.monotonic()
     image = vmmod.ensure_image()
     _TIMINGS["image"] = time.monotonic() - t0

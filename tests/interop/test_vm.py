@@ -237,6 +237,12 @@ def test_kill_and_start_pptpd(pptpd: Vm) -> None:
     s, reply = handshake(pptpd)
     s.close()
     assert reply[HEADER.size + 2] == 1
+    # Started through the command channel, pptpd has no controlling terminal (field 7 of
+    # /proc/PID/stat is tty_nr), so nothing the channel does can SIGHUP it.
+    ttys = pptpd.guest_exec(
+        ". /host/guest/lib.sh; for p in $(pids_of pptpd); do cut -d' ' -f7 /proc/$p/stat; done"
+    )
+    assert ttys.stdout.split() == ["0"]
 
 
 def test_restart_with_a_scenario_installs_its_options(pptpd: Vm) -> None:
@@ -289,3 +295,13 @@ def test_netns_has_its_own_resolv_conf(pptpd: Vm) -> None:
         pptpd.netns_cmd(["cat", "/etc/resolv.conf"]), capture_output=True, text=True, check=True
     ).stdout
     assert pptpd.netns in out
+
+
+def test_command_channel_survives_an_agent_restart(pptpd: Vm) -> None:
+    # busybox init respawns the agent; commands rung while it was gone still run (the host rings
+    # again, the new agent runs what is pending).
+    agent_file = pptpd.run_dir / "state" / "agent"
+    old_pid = agent_file.read_text().strip()
+    pptpd.guest_exec(f"kill -KILL {old_pid}")
+    assert pptpd.guest_exec("echo still here", timeout=15).stdout == "still here\n"
+    assert agent_file.read_text().strip() != old_pid

@@ -260,10 +260,16 @@ def parse_deb822_sources(text: str) -> list[dict[str, str]]:
     return stanzas
 
 
-def apt_sources(suite: str = SUITE) -> list[str]:
-    """One-line ``deb`` entries for ``suite`` (and its -updates/-security) taken from this machine."""
+def apt_sources(
+    suite: str = SUITE, *, lists: Sequence[Path] | None = None, deb822: Sequence[Path] | None = None
+) -> list[str]:
+    """One-line ``deb`` entries for ``suite`` (and its -updates/-security) taken from this machine
+    (or from the given one-line ``lists`` and deb822 ``.sources`` files)."""
     lines: list[str] = []
-    lists, deb822 = _apt_paths()
+    if lists is None or deb822 is None:
+        found_lists, found_deb822 = _apt_paths()
+        lists = found_lists if lists is None else lists
+        deb822 = found_deb822 if deb822 is None else deb822
     for path in deb822:
         for st in parse_deb822_sources(path.read_text(errors="replace")):
             if st.get("enabled", "yes").lower() == "no" or "deb" not in st.get("types", "").split():
@@ -383,9 +389,10 @@ def netns_socket(
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the process that started it dies (a test run
-    killed with SIGKILL or timeout(1) leaves no VM behind; UML's helpers follow their parent)."""
-    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    """In the child before exec: SIGTERM it when the process that started it dies, so a test run
+    killed with SIGKILL or timeout(1) leaves no VM behind. (UML exits on SIGTERM and takes its
+    helper processes with it; after a SIGKILL they would linger.)"""
+    _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -530,7 +537,10 @@ class Vm:
                     stdout=console,
                     stderr=subprocess.STDOUT,
                     pass_fds=(bell_r,),
-                    preexec_fn=_die_with_parent,
+                    # Only from the main thread: PDEATHSIG fires when the forking *thread* ends.
+                    preexec_fn=_die_with_parent
+                    if threading.current_thread() is threading.main_thread()
+                    else None,
                     cwd=self.run_dir,
                     start_new_session=True,  # its own process group: teardown kills UML's helpers
                     env={**os.environ, "TMPDIR": str(self.run_dir)},
@@ -538,9 +548,10 @@ class Vm:
         finally:
             os.close(bell_r)
         self._bell = os.fdopen(bell_w, "wb", buffering=0)
-        ready = self.run_dir / "state" / "ready"
+        ready = self.run_dir / "state" / "ready"  # setup done, pptpd started
+        agent = self.run_dir / "state" / "agent"  # the command channel listens
         deadline = start + BOOT_TIMEOUT
-        while not ready.exists():
+        while not (ready.exists() and agent.exists()):
             if self._proc.poll() is not None:
                 raise VmError(f"the VM exited during boot (rc {self._proc.returncode}){self._console_tail()}")
             if time.monotonic() > deadline:
@@ -609,19 +620,22 @@ class Vm:
         with self._lock:
             cid = f"c{time.monotonic_ns()}-{next(_counter)}"
             (spool / f"{cid}.sh").write_text(command + "\n")
-            assert self._bell is not None
-            try:
-                self._bell.write(f"{cid}\n".encode())
-            except BrokenPipeError as exc:
-                raise VmError(f"the VM's command channel is closed{self._console_tail()}") from exc
+        self._ring(cid)
         rc_file = spool / f"{cid}.rc"
-        deadline = time.monotonic() + timeout
+        started = spool / f"{cid}.started"
+        now = time.monotonic()
+        deadline = now + timeout
+        ring_again = now + 2.0
         delay = 0.002
         while not (rc_text := _read(rc_file)).endswith("\n"):
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"guest command did not finish within {timeout:.0f} s: {command!r}")
             if not self.alive():
                 raise VmError(f"the VM died while running {command!r}{self._console_tail()}")
+            if now > ring_again and not started.exists():
+                self._ring(cid)  # a lost doorbell (agent restarting): harmless if it was heard
+                ring_again = now + 2.0
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         rc = int(rc_text)
@@ -630,7 +644,7 @@ class Vm:
             (spool / f"{cid}.out").read_text(errors="replace"),
             (spool / f"{cid}.err").read_text(errors="replace"),
         )
-        for suffix in ("sh", "out", "err", "rc"):
+        for suffix in ("sh", "started", "out", "err", "rc"):
             (spool / f"{cid}.{suffix}").unlink(missing_ok=True)
         if check and rc != 0:
             raise GuestCommandError(
@@ -638,6 +652,14 @@ class Vm:
                 f"stdout: {result.stdout}\nstderr: {result.stderr}"
             )
         return result
+
+    def _ring(self, cid: str) -> None:
+        with self._lock:
+            assert self._bell is not None
+            try:
+                self._bell.write(f"{cid}\n".encode())
+            except (BrokenPipeError, ValueError) as exc:
+                raise VmError(f"the VM's command channel is closed{self._console_tail()}") from exc
 
     # -- pptpd control -----------------------------------------------------------------------
     # (Guest commands source guest/lib.sh: shell builtins instead of pgrep & co, because every
@@ -810,14 +832,26 @@ def running_vm(config: PptpdConfig | Sequence[str] | str | None = None) -> Itera
         vm.stop()
 
 
-def leftover_resources() -> list[str]:
-    """Namespaces/run dirs of VMs whose test process is gone (for a manual clean-up)."""
-    found = []
-    for ns in glob.glob("/run/netns/pptpi-*"):
-        m = re.match(r"pptpi-(\d+)t", os.path.basename(ns))
-        if m and not _pid_alive(int(m.group(1))):
-            found.append(ns)
-    return found
+def cleanup_leftovers() -> list[str]:
+    """Removes what VMs of dead test processes left (a run killed with SIGKILL cannot clean up;
+    its UML died with it through PDEATHSIG): their netns, /etc/netns entry and run directory.
+    Returns what it removed."""
+    removed = []
+    candidates = [
+        *glob.glob("/run/netns/pptpi-*"),
+        *glob.glob("/etc/netns/pptpi-*"),
+        *glob.glob(os.path.join(tempfile.gettempdir(), "pptpi-*t*-*")),
+    ]
+    for path in candidates:
+        m = re.match(r"pptpi-(\d+)t\d+", os.path.basename(path))
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        if path.startswith("/run/netns/"):
+            _ip("netns", "delete", os.path.basename(path), check=False)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:
@@ -854,10 +888,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(r.stdout + r.stderr + f"[rc {r.rc}]")
         return 0
     if cmd == "cleanup":
-        for ns in leftover_resources():
-            _ip("netns", "delete", os.path.basename(ns), check=False)
-            shutil.rmtree(Path("/etc/netns") / os.path.basename(ns), ignore_errors=True)
-            print(f"removed {ns}")
+        for path in cleanup_leftovers():
+            print(f"removed {path}")
         return 0
     print("usage: python -m tests.interop.vm build|shell [scenario]|cleanup", file=sys.stderr)
     return 2
