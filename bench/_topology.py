@@ -189,6 +189,8 @@ def signals_raise() -> Iterator[None]:
         raise Interrupted(signal.Signals(signum).name)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:

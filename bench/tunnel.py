@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,7 @@ POOL = "10.77.0.10-10.77.0.20"
 OVPN_SERVER_IP, OVPN_CLIENT_IP = "10.8.0.1", "10.8.0.2"
 CLIENT_HTTP = "127.0.0.1:9109"
 USER, PASSWORD = "bench", "bench password (never logged)"
+SIDECAR = [sys.executable, "-m", "sidecar"]  # --sidecar replaces it (e.g. another checkout's venv)
 
 
 # -- tunnels ---------------------------------------------------------------------------------------
@@ -76,13 +78,13 @@ def _pptp(lab: Lab, spec: dict[str, Any]) -> Tunnel:
         password.chmod(0o600)
     mppe = spec.get("mppe", "require")
     stateful = ["--mppe-stateful"] if spec.get("stateful") else []
-    server_argv = [sys.executable, "-m", "sidecar", "serve", "--listen", f"{lab.server_ip}:1723",
+    server_argv = [*SIDECAR, "serve", "--listen", f"{lab.server_ip}:1723",
                    "--local-ip", SERVER_TUN_IP, "--pool", POOL, "--interface", "pbsrv0",
                    "--http", "off", "--mppe", mppe, *stateful,
                    "--test-reorder", str(spec.get("reorder", 0.0))]  # fmt: skip
     server = lab.start(lab.server, server_argv, "sidecar-serve", env={"PPTP_SECRETS": str(secrets)})
     wait_until("sidecar serve listening", lambda: "serving PPTP on" in server.log.read_text(), 20, server)
-    client_argv = [sys.executable, "-m", "sidecar", "up", "--server", lab.server_ip, "--user", USER,
+    client_argv = [*SIDECAR, "up", "--server", lab.server_ip, "--user", USER,
                    "--password-file", str(password), "--interface", "pbcli0", "--no-dns",
                    "--no-kill-switch", "--routes", "10.77.0.0/24", "--http", CLIENT_HTTP,
                    "--mppe", mppe, *stateful, "--backoff-initial", "0.3", "--backoff-max", "1"]  # fmt: skip
@@ -237,6 +239,26 @@ def _try(fn: Callable[[], IperfResult]) -> IperfResult | None:
         return None
 
 
+def hold(lab: Lab, row: Row) -> None:
+    """Bring one row up and wait (for profiling by hand); Ctrl-C tears everything down."""
+    tunnel = row.make(lab, row.spec)
+    try:
+        wait_until("first ping through the tunnel", lambda: ping_once(lab, tunnel.target), 10)
+        print(f"{row.label} is up ({tunnel.mode}); target {tunnel.target}")
+        print(f"  client: ip netns exec {lab.client.name} ...  server: ip netns exec {lab.server.name} ...")
+        for proc in tunnel.procs:
+            print(f"  {proc.name}: pid {proc.pid}, log {proc.log}")
+        print(f"  e.g. ip netns exec {lab.server.name} iperf3 -s -1 &  "
+              f"ip netns exec {lab.client.name} iperf3 -c {tunnel.target} -t 20")  # fmt: skip
+        print("Ctrl-C ends it and removes everything", flush=True)
+        while all(p.alive() for p in tunnel.procs):
+            time.sleep(0.5)
+        print("a tunnel process exited", file=sys.stderr)
+    finally:
+        for proc in tunnel.procs:
+            lab.stop(proc, 5)
+
+
 # -- the report ------------------------------------------------------------------------------------
 COLUMNS = [
     ("tcp1", "TCP 1 stream Mbit/s", "{:.0f}"),
@@ -342,6 +364,14 @@ def main() -> int:
     all_rows = ",".join(r.key for r in ROWS)
     ap.add_argument("--rows", default=all_rows, help=f"comma list of rows [{all_rows}]")
     ap.add_argument("--verbose", action="store_true", help="print every UDP probe")
+    ap.add_argument(
+        "--sidecar",
+        metavar="CMD",
+        help="command that runs the sidecar CLI, for A/B runs of another build [python -m sidecar]",
+    )
+    ap.add_argument(
+        "--hold", metavar="ROW", help="bring up one row's tunnel, print how to reach it, wait for Ctrl-C"
+    )
     ap.add_argument("--json", type=Path, help="also write every run's raw figures to this file")
     args = ap.parse_args()
     wanted = [k.strip() for k in args.rows.split(",") if k.strip()]
@@ -349,6 +379,12 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown rows {unknown}; choose from {[r.key for r in ROWS]}")
     rows = [r for r in ROWS if r.key in wanted]
+    if args.sidecar:
+        SIDECAR[:] = shlex.split(args.sidecar)
+    if args.hold:
+        rows = [r for r in ROWS if r.key == args.hold]
+        if not rows:
+            ap.error(f"unknown row {args.hold!r}; choose from {[r.key for r in ROWS]}")
     tools = ["iperf3", "ping", "ss"] + (["openvpn", "openssl"] if "openvpn" in wanted else [])
     try:
         preflight(tools)
@@ -366,6 +402,9 @@ def main() -> int:
             print(f"lab: client ns {lab.client.name} {lab.client_ip} <-> server ns {lab.server.name} "
                   f"{lab.server_ip} (veth); {args.runs} runs, rows {', '.join(r.key for r in rows)}",
                   flush=True)  # fmt: skip
+            if args.hold:
+                hold(lab, rows[0])
+                return 0
             for n in range(args.runs):
                 order = rows[n % len(rows) :] + rows[: n % len(rows)]
                 print(f"run {n + 1}/{args.runs}", flush=True)
