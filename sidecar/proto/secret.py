@@ -41,5 +41,5 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self) -> object:  # never pickled into a log or a crash dump
+    def __reduce__(self) -> str | tuple[object, ...]:  # never pickled into a log or a crash dump
         raise TypeError("a Secret cannot be pickled")
