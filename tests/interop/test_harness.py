@@ -3,6 +3,8 @@ reasons), scenario parsing and argument validation."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,16 +77,16 @@ def test_apt_options_forward_only_fetch_settings() -> None:
 
 
 def test_missing_root_is_the_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vmmod.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     why = vmmod.missing_requirements()
     assert why is not None and "root" in why
 
 
 def test_missing_packages_are_named_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vmmod.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(vmmod.os.path, "exists", lambda p: True)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os.path, "exists", lambda p: True)
     monkeypatch.setattr(vmmod, "uml_binary", lambda: None)
-    monkeypatch.setattr(vmmod.shutil, "which", lambda tool: None if tool == "mmdebstrap" else "/x")
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "mmdebstrap" else "/x")
     why = vmmod.missing_requirements()
     assert why is not None
     assert "user-mode-linux" in why and "mmdebstrap" in why
