@@ -42,6 +42,7 @@ from sidecar.server.ipcheck import Verdict, check_from_client
 from sidecar.server.misorder import DeliberateReorderer, is_data_packet
 from sidecar.server.pool import AddressPool, PoolExhausted
 from sidecar.server.secrets import SecretsTable
+from sidecar.server.wiring import assign_peer_ip
 
 if TYPE_CHECKING:
     from sidecar.proto.secret import Secret
@@ -50,6 +51,7 @@ log = logging.getLogger("sidecar.server")
 
 SHUTDOWN_GRACE = 2.0  # seconds to let LCP terminate / Stop-Control-Connection finish when we end a client
 CONTROL_READ = 65536
+MIN_TIMER_STEP = 0.001
 
 
 class GreSender(Protocol):
@@ -152,7 +154,7 @@ class ClientSession:
                 return None
             self.address = addr
             self.address_packed = addr.packed
-            self.stack.set_peer_ip(addr)
+            assign_peer_ip(self.stack, addr)
         self.user = user
         return entry.secret
 
@@ -212,8 +214,9 @@ class ClientSession:
                 gre.send(packet, peer)
 
     # -- the machines' outputs and events ----------------------------------------------------------
-    def _after_input(self, now: float) -> None:
-        """Drain what the machines want to send, handle their events, re-arm the timer."""
+    def _after_input(self, now: float, *, from_timer: bool = False) -> None:
+        """Drain what the machines want to send, handle their events, re-arm the timer (the timer
+        task itself recomputes its deadline, so it does not wake itself)."""
         out = self.stack.gre_to_send(now)
         if out:
             self._send_gre(out, now)
@@ -221,8 +224,9 @@ class ClientSession:
             self._control_dirty.set()
         for event in self.stack.events(now):
             self._handle(event, now)
-        deadline = self._next_deadline()
-        if deadline < self._scheduled:
+        if from_timer:
+            return
+        if self._next_deadline() < self._scheduled:
             self._wake.set()
 
     def _next_deadline(self) -> float:
@@ -404,8 +408,10 @@ class ClientSession:
 
     async def _timer(self, cancel: trio.CancelScope) -> None:
         closing_since: float | None = None
+        last_fired = -math.inf
         while True:
-            deadline = self._next_deadline()
+            # a machine that reports a deadline it does not clear must not spin this loop
+            deadline = max(self._next_deadline(), last_fired + MIN_TIMER_STEP)
             if self._closing:
                 now = trio.current_time()
                 if closing_since is None:
@@ -422,6 +428,7 @@ class ClientSession:
             self._wake = trio.Event()
             self._scheduled = math.inf
             now = trio.current_time()
+            last_fired = now
             try:
                 ips, out = self.stack.timeout(now)
                 for ip in ips:
@@ -431,7 +438,7 @@ class ClientSession:
                 if self.reorderer is not None:
                     for packet in self.reorderer.timeout(now):
                         self.hooks.gre.send(packet, self.peer)
-                self._after_input(now)
+                self._after_input(now, from_timer=True)
             except Exception as exc:
                 self._internal_error("timer", exc)
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from sidecar.proto.pptp import ControlConfig, ControlConnection, Role
@@ -22,6 +23,20 @@ if TYPE_CHECKING:
 REORDER_WINDOW = DEFAULT_REORDER_WINDOW
 REORDER_TIMEOUT = DEFAULT_REORDER_TIMEOUT
 SERVER_MRU = 1400  # what we accept from clients; the server's TUN MTU matches it
+# The client's address is chosen during authentication (it may depend on the user), after the link
+# exists; the link insists on an address at construction, so it gets this placeholder, replaced by
+# assign_peer_ip() before IPCP can start. A link that came up with it is refused by the session.
+PLACEHOLDER_PEER_IP = IPv4Address("0.0.0.0")
+
+
+def assign_peer_ip(stack: SessionStack, address: IPv4Address) -> None:
+    """Give the client ``address`` in IPCP. ``SessionStack.set_peer_ip`` updates the link's config;
+    PppLink reads its IPCP address from the IPCP option handler it built at construction, so that
+    is updated too (before IPCP starts: authentication comes first)."""
+    stack.set_peer_ip(address)
+    handler = getattr(stack.link, "_ipcp_h", None)
+    if handler is not None and hasattr(handler, "config_peer"):
+        handler.config_peer = address
 
 
 def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any]], SessionStack]:
@@ -48,7 +63,7 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
                 mppe_key_bits=frozenset(settings.mppe_key_bits),
                 mppe_stateful=settings.mppe_stateful,
                 local_ip=settings.local_ip,
-                peer_ip=None,
+                peer_ip=PLACEHOLDER_PEER_IP,
                 dns=tuple(settings.dns),
                 echo_interval=settings.lcp_echo_interval,
                 echo_failures=settings.lcp_echo_failures,

@@ -171,7 +171,7 @@ class MiniClient:
             if name in ("LinkDown", "ControlClosed"):
                 self.down.set()
 
-    async def _flush(self) -> None:
+    async def _flush(self, wake: bool = True) -> None:
         now = trio.current_time()
         if self.gre is not None:
             for frame in self.link.frames_to_send():
@@ -183,7 +183,8 @@ class MiniClient:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.down.set()
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     async def _reader(self) -> None:
         while True:
@@ -192,7 +193,7 @@ class MiniClient:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if self.frozen:
-                continue
+                await trio.sleep_forever()
             self._handle(self.control.receive_data(data, trio.current_time()), trio.current_time())
             await self._flush()
             if not data:
@@ -202,7 +203,8 @@ class MiniClient:
     async def _gre_reader(self) -> None:
         inbox = self.net.client_inbox[self.address]
         while True:
-            while not inbox:
+            while not inbox or (self.gre is None and not self.frozen):
+                # (GRE may overtake the Outgoing-Call-Reply: keep it until the call is known)
                 await self.net.client_ready[self.address].wait()
                 self.net.client_ready[self.address] = trio.Event()
             packets = list(inbox)
@@ -216,16 +218,18 @@ class MiniClient:
             await self._flush()
 
     async def _timer(self) -> None:
+        last = -math.inf
         while True:
             ds = [self.control.next_deadline(), self.link.next_deadline() if self.gre else None]
             if self.gre is not None:
                 ds.append(self.gre.next_deadline())
-            deadline = min((d for d in ds if d is not None), default=math.inf)
+            deadline = max(min((d for d in ds if d is not None), default=math.inf), last + 0.001)
             with trio.move_on_at(deadline):
                 await self._wake.wait()
             self._wake = trio.Event()
+            last = trio.current_time()
             if self.frozen:
-                continue
+                await trio.sleep_forever()
             now = trio.current_time()
             self._handle(self.control.timeout(now), now)
             if self.gre is not None:
@@ -235,7 +239,7 @@ class MiniClient:
                 for ack in acks:
                     self.net.to_server(self.address, ack)
                 self.link.timeout(now)
-            await self._flush()
+            await self._flush(wake=False)
 
     def send_ip(self, packet: bytes) -> None:
         assert self.gre is not None

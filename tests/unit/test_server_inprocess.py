@@ -50,7 +50,7 @@ def run_with(settings_kw: dict[str, Any], tmp_path: Path, scenario: Any, *, time
                 await scenario(h)
             nursery.cancel_scope.cancel()
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.01))
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 async def bring_up(h: Harness, client: MiniClient) -> None:
@@ -235,7 +235,9 @@ def test_vanished_client_detected_by_keepalive_and_address_freed(
         while h.server.sessions:
             await trio.sleep(0.5)
         took = trio.current_time() - start
-        assert took < 10 * 3 + 10  # LCP echo: 3 failures x 10 s (+ slack)
+        # LCP echo every 10 s, dead when 3 in a row go unanswered (the 4th is due), then a
+        # bounded goodbye (Terminate-Request, CDN, Stop: about 2 s)
+        assert 30 < took <= 10 * (3 + 1) + 3
         assert h.server.pool.free == h.server.pool.size
         assert h.routes.routes == []
         # and the address is handed out again
