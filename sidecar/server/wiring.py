@@ -43,6 +43,7 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
     """``make(session, lookup)`` -> a fresh stack for one client; ``lookup(user)`` gives the secret
     (and, as a side effect in the session, picks the client's address before IPCP starts)."""
     from sidecar.proto.ppp.link import LinkConfig, LinkRole, PppLink
+    from sidecar.proto.ppp.mppe import MppePolicy
 
     control_config = ControlConfig(
         hostname="pptp-sidecar",
@@ -59,7 +60,7 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
                 mru=SERVER_MRU,
                 auth_methods=tuple(settings.auth),
                 lookup_secret=lookup,
-                mppe=settings.mppe,
+                mppe=settings.mppe or MppePolicy.REQUIRE,
                 mppe_key_bits=frozenset(settings.mppe_key_bits),
                 mppe_stateful=settings.mppe_stateful,
                 local_ip=settings.local_ip,

@@ -18,11 +18,11 @@ from typing import Any
 
 import trio
 import trio.testing
-from sidecar.proto.ppp.link import LinkConfig, LinkRole, PppLink
 
 from sidecar.config import ServeSettings
 from sidecar.proto.gre import GreSession
 from sidecar.proto.ppp.auth import AuthMethod
+from sidecar.proto.ppp.link import LinkConfig, LinkRole, PppLink
 from sidecar.proto.ppp.mppe import MppePolicy
 from sidecar.proto.pptp import CallEstablished, ControlConfig, ControlConnection, Role
 from sidecar.proto.secret import Secret
