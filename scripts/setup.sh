@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(iproute2 nftables iperf3 iputils-ping procps libcap2-bin util-linux user-mode-linux uml-utilities mmdebstrap cpio openvpn openssl)
+DEBS=(iproute2 nftables iperf3 iputils-ping procps libcap2-bin util-linux user-mode-linux uml-utilities mmdebstrap cpio zstd openvpn openssl)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
