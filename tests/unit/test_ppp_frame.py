@@ -42,12 +42,14 @@ def test_encode_compressions() -> None:
     assert F.encode_frame(F.IPV4, b"x", acfc=True, pfc=False) == b"\x00\x21x"
     assert F.encode_frame(F.IPV4, b"x", acfc=True, pfc=True) == b"\x21x"
     assert F.encode_frame(F.IPCP, b"x", acfc=True, pfc=True) == b"\x80\x21x"  # not compressible
+    # 0x00FF compressed would be one 0xFF octet, which a receiver reads as the Address field
+    assert F.encode_frame(0x00FF, b"\x03\x00", acfc=True, pfc=True) == b"\x00\xff\x03\x00"
     # LCP never compresses (RFC 1661 §6.5, §6.6)
     assert F.encode_frame(F.LCP, b"x", acfc=True, pfc=True) == b"\xff\x03\xc0\x21x"
 
 
 @given(
-    protocol=st.sampled_from([F.LCP, F.IPCP, F.IPV4, F.IPV6, F.COMPRESSED, F.CCP, F.CHAP, 0x3D, 0x2A01]),
+    protocol=st.sampled_from([F.LCP, F.IPCP, F.IPV4, F.IPV6, F.COMPRESSED, F.CCP, F.CHAP, 0x3D, 0x2A01, 0xFF]),
     payload=st.binary(max_size=40),
     acfc=st.booleans(),
     pfc=st.booleans(),

@@ -112,10 +112,10 @@ def decode_frame(buf: bytes | bytearray | memoryview) -> tuple[int, memoryview]:
 
 
 def protocol_field(protocol: int, *, pfc: bool) -> bytes:
-    """The Protocol field alone: one octet when ``pfc`` and the protocol allows it (< 0x100)."""
+    """The Protocol field alone: one octet when ``pfc`` and the protocol allows it (< 0xFF)."""
     if not 0 < protocol <= 0xFFFF or not protocol & 1 or protocol & 0x100:
         raise PppError(f"invalid PPP protocol number 0x{protocol:04x}")
-    if pfc and protocol < 0x100:
+    if pfc and protocol < 0xFF:  # 0x00FF stays two octets: one 0xFF octet would read as the Address
         return bytes((protocol,))
     return protocol.to_bytes(2, "big")
 
