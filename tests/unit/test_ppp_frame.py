@@ -48,8 +48,11 @@ def test_encode_compressions() -> None:
     assert F.encode_frame(F.LCP, b"x", acfc=True, pfc=True) == b"\xff\x03\xc0\x21x"
 
 
+SAMPLE_PROTOCOLS = [F.LCP, F.IPCP, F.IPV4, F.IPV6, F.COMPRESSED, F.CCP, F.CHAP, 0x3D, 0x2A01, 0xFF]
+
+
 @given(
-    protocol=st.sampled_from([F.LCP, F.IPCP, F.IPV4, F.IPV6, F.COMPRESSED, F.CCP, F.CHAP, 0x3D, 0x2A01, 0xFF]),
+    protocol=st.sampled_from(SAMPLE_PROTOCOLS),
     payload=st.binary(max_size=40),
     acfc=st.booleans(),
     pfc=st.booleans(),
