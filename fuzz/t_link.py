@@ -242,7 +242,7 @@ def target_link(data: bytes) -> None:
                 damage = r.u8()
                 if damage & 1 and len(data_frame) > 2:
                     b = bytearray(data_frame)
-                    b[damage % len(b)] ^= 0x5A
+                    b[(damage >> 1) % len(b)] ^= 0x5A
                     data_frame = bytes(b)
                 watch.delivered(data_frame, link.receive(data_frame, now))
         elif op == 8:  # replay something the twin sent before
@@ -296,4 +296,41 @@ def seeds() -> dict[str, list[bytes]]:
             )
             ops += u8(4) + u8(6) + u8(2)
             out.append(u8(setup) + u8(extra) + u16(setup * 7 + extra) + ops)
+    # an established link (9 or 14 prelude rounds), then what moves it: damaged encrypted data
+    # (Reset-Request), renegotiation of each NCP, Protocol-Rejects, echoes, terminate, timers
+    after_up = [
+        u8(7) + blob(b"\x00\x00\x14") + u8(5),  # data from the twin, MPPE count damaged (loss)
+        u8(7) + blob(b"\x00\x00\x14") + u8(7) + u8(2) + u8(7) + blob(b"\x00") + u8(0),
+        u8(1) + u8(4) + u8(1) + u8(77) + u8(0) + blob(b"\x03\x06\x0a\x07\x00\x02"),  # IPCP Configure-Request
+        u8(1) + u8(3) + u8(1) + u8(78) + u8(0) + blob(b"\x12\x06\x01\x00\x00\x40"),  # CCP Configure-Request
+        u8(1) + u8(5) + u8(5) + u8(79) + u8(0) + blob(b"bye"),  # IPV6CP Terminate-Request
+        u8(1) + u8(4) + u8(5) + u8(80) + u8(0) + blob(b"bye"),  # IPCP Terminate-Request
+        u8(1)
+        + u8(0)
+        + u8(8)
+        + u8(81)
+        + u8(0)
+        + blob(b"\x80\x57\x01\x01\x00\x04"),  # LCP Protocol-Reject IPV6CP
+        u8(1) + u8(0) + u8(8) + u8(82) + u8(0) + blob(b"\x80\xfd\x01\x01\x00\x04"),  # ... CCP
+        u8(1) + u8(0) + u8(8) + u8(83) + u8(0) + blob(b"\x80\x21\x01\x01\x00\x04"),  # ... IPCP
+        u8(1) + u8(0) + u8(9) + u8(84) + u8(0) + blob(b"\x00\x00\x00\x00ping"),  # LCP Echo-Request
+        u8(1) + u8(3) + u8(14) + u8(85) + u8(0) + blob(b""),  # CCP Reset-Request
+        u8(1) + u8(0) + u8(5) + u8(86) + u8(0) + blob(b"bye"),  # LCP Terminate-Request
+        u8(3) + u16(2500) + u8(3) + u16(2500) + u8(3) + u16(2500) + u8(2),  # keepalive, timers
+        u8(6) + u8(2) + u8(4) + u8(2),  # close
+    ]
+    # setup bit 7: the prelude depth comes from ``extra``: 6 -> 9 rounds with MS-CHAPv2, 7 -> 14 with
+    # MS-CHAPv1 (both give MPPE keys); the other setup bits pick role, MPPE policy/mode, IPv6, echo
+    for setup in range(0x80, 0x100, 3):
+        for i, tail in enumerate(after_up):
+            if (setup + i) % 4 == 0:
+                extra = 6 + (i & 1)
+                script = u8(2) * 2 + tail + u8(2) + u8(5) + blob(b"\x45" * 20)
+                out.append(u8(setup) + u8(extra) + u16(setup) + script)
+    for setup in range(0x90, 0x100, 2):  # stateful MPPE (bit 4) with a damaged count: Reset-Request
+        if setup & 0x10:
+            for tail in after_up[:2]:
+                out.append(
+                    u8(setup | 1) + u8(6) + u16(setup) + u8(2) * 2 + tail + tail + u8(2) + u8(3) + u16(3500)
+                )
     return {"link": out}

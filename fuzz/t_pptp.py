@@ -381,6 +381,14 @@ def seeds() -> dict[str, list[bytes]]:
                 ops += u8(8) + u8(4) + u8(8) + u8(5) + u8(3) + u8(6)
                 control.append(u8(setup) + u16(prelude * 31) + ops)
     control.append(u8(1) + u16(0) + u8(7) + u32(0) + u32(0xFFFFFFFF))
+    # every message type, well framed, with the live call IDs, in every role and prelude
+    for role_bit in (0, 1):
+        for prelude in range(8):
+            for fill in (0x01, 0x00, 0x03):
+                ops = b"".join(
+                    u8(1) + u8(i) + u8(3) + blob(bytes([fill]) * 40) for i in range(len(MESSAGE_CLASSES))
+                )
+                control.append(u8(role_bit | (prelude << 1)) + u16(fill) + ops + u8(3) + u8(3))
     return {
         "pptp_decode": wires,
         "pptp_stream": [u8(2) + u16(20) + u16(200) + b"".join(wires[:6]), u8(0) + b"".join(wires)],
