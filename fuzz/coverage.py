@@ -14,6 +14,10 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 from fuzz.known import match
 from fuzz.targets import TARGETS, load
@@ -54,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     hit: set[tuple[str, int]] = set()
     prefix = str(PROTO)
 
-    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+    def tracer(frame: types.FrameType, event: str, arg: Any) -> TraceFunction | None:
         if not frame.f_code.co_filename.startswith(prefix):
             return None
 
-        def local(frame: types.FrameType, event: str, arg: object) -> object:
+        def local(frame: types.FrameType, event: str, arg: Any) -> TraceFunction:
             if event == "line":
                 hit.add((frame.f_code.co_filename, frame.f_lineno))
             return local
