@@ -150,7 +150,8 @@ def test_password_never_in_the_process_command_line(tmp_path: Path) -> None:
         "import sys, time, types, pathlib\n"
         "m = types.ModuleType('sidecar.supervisor')\n"
         "def run(s):\n"
-        f"    pathlib.Path({str(marker)!r}).write_text(s.user)\n    time.sleep(30)\n    return 0\n"
+        f"    tmp = pathlib.Path({str(marker)!r} + '.tmp'); tmp.write_text(s.user)\n"
+        f"    tmp.rename({str(marker)!r})\n    time.sleep(30)\n    return 0\n"
         "m.run = run\nsys.modules['sidecar.supervisor'] = m\n"
         "from sidecar.cli import main\nsys.argv = ['sidecar'] + sys.argv[1:]\nmain()\n"
     )
