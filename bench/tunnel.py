@@ -185,15 +185,19 @@ def measure_row(lab: Lab, row: Row, args: argparse.Namespace) -> dict[str, Any]:
         result["mode"] = tunnel.mode
         wait_until(f"{row.key}: first ping through the tunnel", lambda: ping_once(lab, tunnel.target), 10)
         result["rtt_ms"] = ping_median_ms(lab, tunnel.target, count=args.ping_count)
-        cpu0 = _cpu(tunnel)
+        ends0 = _cpu_ends(tunnel)
         tcp1 = _try(lambda: iperf(lab, tunnel.target, seconds=args.duration))
         tcp4 = _try(lambda: iperf(lab, tunnel.target, seconds=args.duration, streams=4))
-        cpu1 = _cpu(tunnel)
+        ends1 = _cpu_ends(tunnel)
+        cpu0, cpu1 = sum(ends0), sum(ends1)
         result["tcp1"] = tcp1.mbps if tcp1 else None
         result["tcp4"] = tcp4.mbps if tcp4 else None
         delivered = sum(r.bytes for r in (tcp1, tcp4) if r)
         if tunnel.procs and delivered:
             result["cpu_s_per_gb"] = (cpu1 - cpu0) / (delivered / 1e9)
+            result["cpu_s_per_gb_ends"] = [
+                (b - a) / (delivered / 1e9) for a, b in zip(ends0, ends1, strict=True)
+            ]
             result["cpu_pct"] = (cpu1 - cpu0) / (2 * args.duration) * 100  # of one core, both ends
         first = (tcp1.mbps if tcp1 else 100.0) * 1.2
         result["udp"] = udp_search(
@@ -227,8 +231,9 @@ def measure_row(lab: Lab, row: Row, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _cpu(tunnel: Tunnel) -> float:
-    return sum(p.cpu_seconds() for p in tunnel.procs if p.alive())
+def _cpu_ends(tunnel: Tunnel) -> list[float]:
+    """CPU seconds so far of each end (client, server)."""
+    return [p.cpu_seconds() if p.alive() else 0.0 for p in tunnel.procs]
 
 
 def _try(fn: Callable[[], IperfResult]) -> IperfResult | None:
@@ -341,12 +346,14 @@ def _progress(row: Row, r: dict[str, Any], seconds: float) -> str:
         return "-" if v is None else fmt.format(v)
 
     rss = "+".join(f"{x:.0f}" for x in r.get("rss_mb", [])) or "-"
+    split = r.get("cpu_s_per_gb_ends")
+    ends = f" (client {split[0]:.1f} + server {split[1]:.1f})" if split else ""
     extra = f" reorder {r['reorder']}" if r.get("reorder") else ""
     extra += f" drops {r['drops']}" if r.get("drops") else ""
     extra += f" NOTE {r['note']}" if r.get("note") else ""
     return (
         f"  {row.key:<10} tcp1 {f('tcp1', '{:.0f}')} tcp4 {f('tcp4', '{:.0f}')} udp {f('udp', '{:.0f}')} "
-        f"pps {f('pps', '{:.0f}')} rtt {f('rtt_ms', '{:.3f}')} ms cpu/GB {f('cpu_s_per_gb', '{:.1f}')} "
+        f"pps {f('pps', '{:.0f}')} rtt {f('rtt_ms', '{:.3f}')} ms cpu/GB {f('cpu_s_per_gb', '{:.1f}')}{ends} "
         f"rss {rss} MB [{r.get('mode', '')}] ({seconds:.0f} s){extra}"
     )
 
@@ -359,7 +366,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="repetitions; rows interleaved per run [3]")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per iperf3 TCP test [5]")
     ap.add_argument("--udp-seconds", type=float, default=1.5, help="seconds per UDP probe and pps test [1.5]")
-    ap.add_argument("--udp-probes", type=int, default=5, help="UDP rate search probes per row [5]")
+    ap.add_argument("--udp-probes", type=int, default=4, help="UDP rate search probes per row [4]")
     ap.add_argument("--ping-count", type=int, default=200, help="pings for the RTT median [200]")
     all_rows = ",".join(r.key for r in ROWS)
     ap.add_argument("--rows", default=all_rows, help=f"comma list of rows [{all_rows}]")
