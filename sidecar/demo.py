@@ -237,6 +237,17 @@ def _reorder_counters(status: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in status.get("counters", {}).items() if k.startswith("reorder_")}
 
 
+def _bytes_in(status: dict[str, Any]) -> int:
+    return int(status.get("counters", {}).get("bytes_in", 0))
+
+
+def _counters_after(lab: _Lab, bytes_before: int, n: int) -> dict[str, int]:
+    """The client publishes its counters about once a second: wait until they show the transfer."""
+    _wait("the client's counters catching up", lambda: _bytes_in(_status(lab)) - bytes_before >= n, 5, lab,
+          "client.log")  # fmt: skip
+    return _reorder_counters(_status(lab))
+
+
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -283,9 +294,10 @@ def _demo(lab: _Lab, keep_going: bool) -> None:
     _say(f"  ping {lab.lan_ip}: {'ok' if rc == 0 else 'FAILED'}  rtt min/avg/max/mdev {rtt}")
     if rc != 0:
         raise DemoError("ping through the tunnel failed")
-    before = _reorder_counters(_status(lab))
+    status = _status(lab)
+    before, bytes_before = _reorder_counters(status), _bytes_in(status)
     ok, n, secs = _transfer(lab, 5001)
-    after = _reorder_counters(_status(lab))
+    after = _counters_after(lab, bytes_before, n)
     _say(
         f"  TCP {n / 1e6:.1f} MB in {secs:.2f} s = {n * 8 / secs / 1e6:.1f} Mbit/s,"
         f" content {'identical' if ok else 'DIFFERENT'}"
@@ -301,9 +313,10 @@ def _demo(lab: _Lab, keep_going: bool) -> None:
     _wait("the client reconnecting",
           lambda: (s := _status(lab)).get("state") == "up" and int(s.get("sessions", 0)) > sessions_before,
           20, lab, "client.log")  # fmt: skip
-    before = _reorder_counters(_status(lab))
+    status = _status(lab)
+    before, bytes_before = _reorder_counters(status), _bytes_in(status)
     ok2, n2, secs2 = _transfer(lab, 5002)
-    after = _reorder_counters(_status(lab))
+    after = _counters_after(lab, bytes_before, n2)
     delta_on = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     _say(
         f"  TCP {n2 / 1e6:.1f} MB in {secs2:.2f} s = {n2 * 8 / secs2 / 1e6:.1f} Mbit/s,"
