@@ -405,6 +405,16 @@ async def serve(
         for lst in listeners:
             cleanups.append(lst.socket.close)
 
+        if settings.pcap is not None:
+            from sidecar.observe.pcap import PcapTap
+
+            try:
+                tap = PcapTap.shared(settings.pcap)  # the one stack_factory taps every client into
+            except OSError as exc:
+                log.error("--pcap %s: cannot open the file: %s", settings.pcap, exc.strerror or exc)
+                return EXIT_RUNTIME
+            cleanups.append(tap.close)
+            log.info("capturing every client's PPP control frames and clear IP packets to %s", settings.pcap)
         server = Server(
             settings,
             secrets=secrets,

@@ -51,6 +51,15 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
         echo_timeout=settings.echo_timeout,
     )
 
+    tap: Any = None
+    pcap = getattr(settings, "pcap", None)
+    if pcap is not None:
+        # --pcap: every client's PPP control frames and clear IP packets, in one file (the kernel
+        # wing's tap, the same as the client's; auth secrets masked)
+        from sidecar.observe.pcap import PcapTap
+
+        tap = PcapTap.shared(pcap)
+
     def make(_session: Any, lookup: Callable[[str], Any]) -> SessionStack:
         rng = random.SystemRandom()  # call IDs and challenges must not be predictable
         control = ControlConnection(Role.SERVER, control_config, rng)
@@ -72,8 +81,13 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
             link: LinkLike = PppLink(LinkRole.AUTHENTICATOR, config, rng)
             return link
 
-        return SessionStack(
+        stack = SessionStack(
             control, make_link, reorder_window=REORDER_WINDOW, reorder_timeout=REORDER_TIMEOUT
         )
+        if tap is not None:
+            from sidecar.observe.pcap import tap_link
+
+            stack.on_link = lambda link: tap_link(link, tap)
+        return stack
 
     return make

@@ -47,7 +47,10 @@ def one() -> Any:
 )
 def test_auth_method_and_ping(one: Any, tmp_path: Path, method: str, mppe: str) -> None:
     secrets = write_secrets(tmp_path / "chap-secrets", USERS)
-    server = start_server(one.server, tmp_path, secrets=secrets, args=["--auth", method, "--mppe", mppe])
+    pcap = tmp_path / "server.pcap"
+    server = start_server(
+        one.server, tmp_path, secrets=secrets, args=["--auth", method, "--mppe", mppe, "--pcap", str(pcap)]
+    )
     client = start_client(
         one.clients[0], tmp_path, server=one.server_ips[0], user="alice", password="alice secret",
         args=["--auth", method, "--mppe", mppe],
@@ -65,6 +68,14 @@ def test_auth_method_and_ping(one: Any, tmp_path: Path, method: str, mppe: str) 
     finally:
         assert client.stop() == 0
         assert server.stop() == 0
+    # --pcap: the server captured the negotiation and the ping, with the password masked
+    from scapy.utils import rdpcap
+
+    records = [bytes(p) for p in rdpcap(str(pcap))]
+    protocols = {r[3:5] for r in records}  # direction byte, FF 03, protocol
+    assert b"\xc0\x21" in protocols and b"\x80\x21" in protocols and b"\x00\x21" in protocols
+    assert not any(b"alice secret" in r for r in records)
+    assert pcap.stat().st_mode & 0o077 == 0
 
 
 @pytest.mark.parametrize(
