@@ -160,6 +160,8 @@ class SessionStack:
         self._peer_ip: IPv4Address | None = None
         self._grace_steps = (0.8, 0.5, 0.5)  # LINK, CALL, STOP (seconds), set by close()
         self._early: list[bytes] = []  # GRE that arrived before the call was established
+        # called with the new link before it starts (pcap export, the probe's observers); None = off
+        self.on_link: Callable[[Any], None] | None = None
 
     # -- control channel --------------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -295,6 +297,8 @@ class SessionStack:
                     **kw,
                 )
                 self.link = self._make_link()
+                if self.on_link is not None:
+                    self.on_link(self.link)
                 if self._peer_ip is not None:
                     self._apply_peer_ip()
                 self.link.start(now)

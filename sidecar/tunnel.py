@@ -116,6 +116,7 @@ class Session:
         self.gre: GreSocket | None = None
         self.netconf: NetConf | None = None
         self.stream: trio.SocketStream | None = None
+        self.capture: Any = None  # sidecar.observe.pcap.PcapTap with --pcap
         self.via: RouteInfo | None = None
         self.path_mtu = 1500
         self.peer_mru: int | None = None
@@ -204,6 +205,8 @@ class Session:
             if self._make_stack is not None
             else client_stack(s, path_mtu=self.path_mtu, rng=self.rng)
         )
+        if getattr(s, "pcap", None) is not None:
+            self._open_capture(s.pcap)
         mppe_possible = getattr(getattr(s, "mppe", None), "name", "REQUIRE") != "REFUSE"
         mtu = tunnel_mtu(self.path_mtu, mppe=mppe_possible, configured=s.mtu)
         if s.mtu and s.mtu > mtu:
@@ -217,6 +220,20 @@ class Session:
         self.tun = TunDevice(s.interface, mtu)
         _disable_ipv6(self.tun.name)
         self.gre = GreSocket(self.server_ip)
+
+    def _open_capture(self, path: Path) -> None:
+        """``--pcap``: the link, once it exists, copies its traffic to the file (no cost when off)."""
+        from sidecar.observe.pcap import PcapTap, tap_link
+
+        assert self.stack is not None
+        try:
+            tap = PcapTap.shared(path)
+        except OSError as exc:
+            log.warning("--pcap %s: cannot open the file (%s); running without a capture", path, exc)
+            return
+        self.capture = tap
+        self.stack.on_link = lambda link: tap_link(link, tap)
+        log.info("capturing PPP control frames and decrypted IP packets to %s (auth secrets masked)", path)
 
     async def _run_tasks(self, stop: trio.Event) -> None:
         assert self.stack is not None
@@ -239,6 +256,8 @@ class Session:
         if failures:
             log.warning("could not restore everything: %s", "; ".join(failures))
         self._publish()
+        if self.capture is not None:
+            self.capture.flush()
         for closer in (self.tun, self.gre, self.netconf):
             if closer is not None:
                 with contextlib.suppress(Exception):
