@@ -16,7 +16,10 @@ Theory of operation:
   log and publish). ``gre_received`` and ``timeout`` also return IP packets for the TUN device.
 - A ``CallEstablished`` event creates the :class:`GreSession` and the link (``make_link``) and starts
   LCP. A ``LinkDown`` (peer's Terminate, echo loss, auth failure, our own close) starts the rest of
-  the goodbye. ``CallCleared`` / ``ControlClosed`` end it.
+  the goodbye - once the link is done: if it sent LCP Terminate-Request itself, the call is cleared
+  only after the Terminate-Ack (or the step's deadline). A real pptpd hangs up pppd on the
+  Call-Clear-Request, so a clear that overtakes the Terminate-Request leaves pppd with only
+  "Modem hangup". ``CallCleared`` / ``ControlClosed`` end it.
 - The goodbye has a deadline per step (``close(grace=...)`` splits the budget): a peer that does not
   answer cannot hold the session; when the budget is spent, the stack reports :meth:`finished`.
 - :attr:`outcome` is set by the *first* thing that ended the session; later steps of the goodbye do
@@ -330,8 +333,20 @@ class SessionStack:
                 self._set_outcome(
                     Outcome(f"link down: {getattr(ev, 'reason', 'link down')}", bad_credentials=bad)
                 )
-                if self.step in (Step.RUNNING, Step.LINK):
-                    self._clear_call(now)
+                if self.step is Step.RUNNING and self._awaiting_terminate_ack():
+                    self._enter(Step.LINK, now)  # the link went down by itself and said goodbye
+        # The call is cleared only once the link is done: a Call-Clear-Request that overtakes the LCP
+        # Terminate-Request makes the server (pptpd) hang up pppd before pppd has read it.
+        if self._link_down and self.step in (Step.RUNNING, Step.LINK) and not self._awaiting_terminate_ack():
+            self._clear_call(now)
+
+    def _awaiting_terminate_ack(self) -> bool:
+        """The link sent LCP Terminate-Request and waits for the Terminate-Ack (RFC 1661 state
+        Closing, phase Terminate). A link without phases (a stand-in) reports LinkDown when done."""
+        link = self.link
+        phase = getattr(link, "phase", None)
+        lcp_state = getattr(getattr(link, "lcp", None), "state", None)
+        return getattr(phase, "name", "") == "TERMINATE" and getattr(lcp_state, "name", "") == "CLOSING"
 
     def _set_outcome(self, outcome: Outcome) -> None:
         if self.outcome is None or (

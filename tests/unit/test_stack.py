@@ -198,3 +198,100 @@ def test_gre_that_overtakes_the_call_reply_is_kept_for_the_call() -> None:
     p.client.control_received(ocrp, p.now)
     p.client.events(p.now)
     assert p.cl.received == [b"HELLO"] and p.cl.up
+
+
+# -- the goodbye with the real PPP link -------------------------------------------------------------
+# PppLink reports LinkDown as soon as it decides to go down (CONTRACTS.md), before its LCP
+# Terminate-Request is answered. The stack must still hold the Call-Clear-Request until the
+# Terminate-Ack is in: a real pptpd hangs up pppd on the Call-Clear-Request, and a pppd that has not
+# read the Terminate-Request yet logs only "Modem hangup" (seen against pptpd 1.4.0 / pppd 2.4.9).
+def _real_pair() -> tuple[SessionStack, SessionStack]:
+    from ipaddress import IPv4Address
+
+    from sidecar.config import UpSettings
+    from sidecar.proto.ppp.link import LinkConfig, LinkRole, PppLink
+    from sidecar.proto.secret import Secret
+    from sidecar.stack import client_stack
+
+    settings = UpSettings(server="192.0.2.1", user="alice", password=Secret("pw-alice"))
+    client = client_stack(settings, rng=random.Random(3))
+    server_config = LinkConfig(
+        lookup_secret={"alice": Secret("pw-alice")}.get,
+        local_ip=IPv4Address("10.9.0.1"),
+        peer_ip=IPv4Address("10.9.0.2"),
+        echo_interval=0,
+    )
+    server_control = ControlConnection(Role.SERVER, ControlConfig(echo_interval=0), random.Random(4))
+    server = SessionStack(
+        server_control,
+        lambda: PppLink(LinkRole.AUTHENTICATOR, server_config, random.Random(5)),
+        reorder_window=0,
+        ack_delay=0.0,
+    )
+    return client, server
+
+
+def _pump(a: SessionStack, b: SessionStack, now: float, *, gre: bool = True, control: bool = True) -> None:
+    for _ in range(50):
+        moved = False
+        for x, y in ((a, b), (b, a)):
+            data = x.control_to_send()
+            if data and control:
+                y.control_received(data, now)
+                moved = True
+            for packet in x.gre_to_send(now):
+                if gre:
+                    y.gre_received(packet, now)
+                    moved = True
+            x.events(now)
+        if not moved:
+            return
+
+
+def test_goodbye_holds_the_call_clear_until_lcp_terminate_ack() -> None:
+    client, server = _real_pair()
+    now = 50.0
+    client.start(now)
+    server.start(now)
+    _pump(client, server, now)
+    assert client.link is not None and client.link.link_up is not None, "the real links came up"
+    client.close(now, "SIGTERM", grace=1.5)
+    client.events(now)  # PppLink has reported LinkDown already: still no Call-Clear-Request
+    terminate = client.gre_to_send(now)
+    assert terminate, "LCP Terminate-Request sent"
+    assert client.control_to_send() == b"", "Call-Clear-Request must wait for the Terminate-Ack"
+    assert client.step is Step.LINK
+    for packet in terminate:  # the server reads it and answers Terminate-Ack
+        server.gre_received(packet, now + 0.01)
+    server.events(now + 0.01)
+    assert server.outcome is not None and "SIGTERM" in server.outcome.reason
+    for packet in server.gre_to_send(now + 0.01):
+        client.gre_received(packet, now + 0.02)
+    client.events(now + 0.02)
+    assert client.step is Step.CALL, "Terminate-Ack in: now the call is cleared"
+    assert client.control_to_send() != b""
+
+
+def test_goodbye_without_terminate_ack_clears_the_call_after_the_link_grace() -> None:
+    client, server = _real_pair()
+    now = 50.0
+    client.start(now)
+    server.start(now)
+    _pump(client, server, now)
+    client.close(now, "SIGTERM", grace=1.5)
+    client.events(now)
+    client.gre_to_send(now)  # lost: the server never answers
+    assert client.control_to_send() == b""
+    deadline = client.next_deadline()
+    assert deadline is not None and now < deadline <= now + 1.0
+    client.timeout(deadline)
+    client.events(deadline)
+    assert client.step is Step.CALL and client.control_to_send() != b""
+    t = deadline
+    while not client.finished():
+        d = client.next_deadline()
+        assert d is not None
+        t = d
+        client.timeout(t)
+        client.control_to_send()
+    assert t - now <= 1.5 + 1e-9
