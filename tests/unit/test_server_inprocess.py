@@ -335,3 +335,36 @@ def test_garbage_from_one_client_does_not_touch_another(tmp_path: Path) -> None:
         assert server_session(h, "bob").up
 
     run_with({}, tmp_path, scenario)
+
+
+def test_max_clients_refuses_the_extra_connection(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The real accept loop on a loopback listener: beyond --max-clients a connection is closed at
+    once (the client sees EOF), counted and logged; the first client is unaffected."""
+    settings = serve_settings(tmp_path, SECRETS, max_clients=1)
+
+    async def main() -> None:
+        net = Network()
+        server, _tun, _routes = make_server(settings, net)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.accept_loop, listeners, nursery)
+            first = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(5):
+                while len(server.sessions) < 1:
+                    await trio.sleep(0.01)
+            second = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(5):
+                assert await second.receive_some(100) == b""  # closed at once
+            assert server.counters.clients_refused == 1 and len(server.sessions) == 1
+            await first.aclose()
+            with trio.fail_after(5):
+                while server.sessions:
+                    await trio.sleep(0.01)
+            await second.aclose()
+            nursery.cancel_scope.cancel()
+
+    with caplog.at_level("INFO", logger="sidecar.server"):
+        trio.run(main)
+    assert "refused a client from 127.0.0.1: max clients (1) reached" in caplog.text
+    assert "control connection closed by the client" in caplog.text
