@@ -31,6 +31,7 @@ pool); 1 when the kernel side cannot be set up (no /dev/net/tun, port in use, no
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -40,6 +41,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -163,11 +165,13 @@ class Server:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed: %s; retrying in 1 s", exc.strerror)
-                    await trio.sleep(1.0)
-                    continue
-                raise
+                # out of descriptors/memory, or a connection reset before we took it: keep serving
+                delay = (
+                    1.0 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) else 0.05
+                )
+                log.error("accept failed: %s; retrying in %g s", exc.strerror or exc, delay)
+                await trio.sleep(delay)
+                continue
             try:
                 host = stream.socket.getpeername()[0]
                 stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -210,7 +214,12 @@ class Server:
         while True:
             await gre.wait_readable()
             while True:
-                batch = gre.recv_batch(64)
+                try:
+                    batch = gre.recv_batch(64)
+                except OSError as exc:  # a transient socket error must not stop every client
+                    log.warning("GRE socket: %s", exc)
+                    await trio.sleep(0.05)
+                    break
                 if not batch:
                     break
                 now = trio.current_time()
@@ -227,7 +236,12 @@ class Server:
         while True:
             await tun.wait_readable()
             while True:
-                batch = tun.read_batch(64)
+                try:
+                    batch = tun.read_batch(64)
+                except OSError as exc:
+                    log.warning("%s: read failed: %s", getattr(tun, "name", "TUN device"), exc)
+                    await trio.sleep(0.05)
+                    break
                 if not batch:
                     break
                 now = trio.current_time()
@@ -384,6 +398,7 @@ async def serve(
             log.error("%s", exc)
             return EXIT_RUNTIME
         cleanups.append(tun.close)
+        _disable_ipv6(tun.name)
         try:
             net = _ServerNet(tun.name, settings.local_ip)
         except Exception as exc:
@@ -465,6 +480,13 @@ async def serve(
                 cleanup()
             except Exception as exc:
                 log.warning("cleanup: %s", exc)
+
+
+def _disable_ipv6(ifname: str) -> None:
+    """The server does not negotiate IPV6CP: no IPv6 on its TUN device (the kernel then sends no
+    router solicitations into it). Best effort: /proc/sys may be read-only in a container."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
 
 
 def _name(value: Any) -> str:

@@ -70,6 +70,7 @@ class SessionCounters:
     ip_out_bytes: int = 0
     ip_out_dropped: int = 0  # link not up / refused by the link
     spoofed: int = 0  # from the client with a source address that is not its own: dropped
+    not_up: int = 0  # IP from the client before its address was assigned: dropped
     not_ipv4: int = 0
     truncated: int = 0
     internal_errors: int = 0
@@ -191,7 +192,10 @@ class ClientSession:
             self._internal_error("TUN input", exc)
 
     def _to_tun(self, packet: bytes) -> None:
-        verdict = check_from_client(packet, self.address_packed) if self.up else Verdict.SPOOFED
+        if not self.up:
+            self.counters.not_up += 1
+            return
+        verdict = check_from_client(packet, self.address_packed)
         if verdict is Verdict.OK:
             if self.hooks.tun.write(packet):
                 self.counters.ip_in += 1
