@@ -368,3 +368,26 @@ def test_max_clients_refuses_the_extra_connection(tmp_path: Path, caplog: pytest
         trio.run(main)
     assert "refused a client from 127.0.0.1: max clients (1) reached" in caplog.text
     assert "control connection closed by the client" in caplog.text
+
+
+def test_garbage_control_stream_ends_only_that_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(h: Harness) -> None:
+        a = MiniClient(CLIENT1, h.net, "alice", "alice pass")
+        await bring_up(h, a)
+        server_end, junk_end = trio.testing.memory_stream_pair()
+        bad = h.server.start_session(server_end, CLIENT2, h.nursery)
+        await junk_end.send_all(b"\x00\x9c\x00\x01\x1a\x2b\x3c\x4d" + b"\xff" * 200)  # bad cookie/type
+        with trio.fail_after(10):
+            await bad.wait_done()
+        assert bad.end_reason
+        assert server_session(h, "alice").up and len(h.server.sessions) == 1
+        pkt = ipv4_packet(A("10.77.0.10"), A("10.99.0.5"), b"still here")
+        a.send_ip(pkt)
+        await trio.sleep(0.05)
+        assert h.tun.written == [pkt]
+
+    with caplog.at_level("INFO", logger="sidecar.server"):
+        run_with({}, tmp_path, scenario)
+    assert "client 2 (192.0.2.2): gone after" in caplog.text
