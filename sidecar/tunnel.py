@@ -374,7 +374,9 @@ class Session:
             with trio.move_on_at(self._scheduled):
                 await self._wake.wait()
             self._wake = trio.Event()
-            self._scheduled = math.inf
+            # The timer task is awake and re-reads the deadline at the top of the loop: nothing may
+            # wake it again meanwhile (-inf compares below every deadline), or it would spin.
+            self._scheduled = -math.inf
             now = trio.current_time()
             ips, packets = stack.timeout(now)
             for ip in ips:
