@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,9 +216,14 @@ def measure_row(lab: Lab, row: Row, args: argparse.Namespace) -> dict[str, Any]:
         result["pps_loss"] = pps.lost_percent if pps else None
         if tunnel.procs:
             result["rss_mb"] = [p.peak_rss_kb() / 1024 for p in tunnel.procs]
-            dead = [p.name for p in tunnel.procs if not p.alive()]
-            if dead:
-                result["note"] = f"{', '.join(dead)} exited during the row"
+            notes = [f"{p.name} exited during the row" for p in tunnel.procs if not p.alive()]
+            ups = sum(p.log.read_text(errors="replace").count("tunnel up on") for p in tunnel.procs)
+            if ups > 1:
+                notes.append(f"the tunnel went down and came back {ups - 1} time(s)")
+            if any(result.get(k) is None for k in ("tcp1", "tcp4", "pps")):
+                notes.append("a measurement failed")
+            if notes:
+                result["note"] = "; ".join(notes) + f"; logs kept in {keep_logs(lab, tunnel, row)}"
         if tunnel.counters is not None:
             counters = tunnel.counters()
             skip = ("reorder_in_order",)
@@ -229,6 +237,16 @@ def measure_row(lab: Lab, row: Row, args: argparse.Namespace) -> dict[str, Any]:
         for proc in tunnel.procs:  # client end first: it says goodbye to the server
             lab.stop(proc, 5)
     return result
+
+
+def keep_logs(lab: Lab, tunnel: Tunnel, row: Row) -> Path:
+    """Copy the row's process logs out of the lab (which is removed at the end) for a post-mortem."""
+    dest = Path(tempfile.gettempdir()) / f"sidecar-bench-logs-{os.getpid()}"
+    dest.mkdir(exist_ok=True)
+    stamp = time.strftime("%H%M%S")
+    for proc in tunnel.procs:
+        shutil.copy(proc.log, dest / f"{stamp}-{row.key}-{proc.name}.log")
+    return dest
 
 
 def _cpu_ends(tunnel: Tunnel) -> list[float]:
