@@ -109,12 +109,13 @@ def iperf(
 
 def udp_search(
     lab: Lab, target: str, *, first_mbps: float, probes: int, seconds: float, verbose: bool = False
-) -> float:
+) -> float | None:
     """The highest delivered UDP rate (Mbit/s, 1300-byte datagrams) seen with < 1 % loss.
 
     Probe 1 offers ``first_mbps``. While no probe has lost, the offer doubles; once one has, the
-    next offer is 90 % of what that probe delivered (the capacity estimate), then bisection between
-    the best clean offer and the lowest lossy one. Returns 0.0 if no probe stayed under the limit.
+    next offer is 80 % of what that probe delivered (the capacity estimate; at most 60 % of the
+    lossy offer), then bisection between the best clean offer and the lowest lossy one. None if no
+    probe stayed under the limit (the table then shows the other runs' median).
     """
     good = 0.0
     lo, hi = 0.0, 0.0
@@ -136,12 +137,12 @@ def udp_search(
             rate *= 2
         elif not lo:
             delivered = r.mbps if r is not None else rate / 4
-            rate = min(0.9 * delivered, 0.7 * hi)
+            rate = min(0.8 * delivered, 0.6 * hi)
         else:
             rate = (lo + hi) / 2
             if hi - lo < 0.03 * hi:
                 break
-    return good
+    return good or None
 
 
 def small_packet_pps(lab: Lab, target: str, *, seconds: float) -> IperfResult:
