@@ -899,8 +899,11 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
 def build_probe_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> ProbeSettings:
     r = _Reader(PROBE_OPTIONS, flags, env)
     server = r.required("server", parse_server, "the PPTP server's host name or IPv4 address")
-    user = r.user()
-    password = r.password()
+    # credentials are optional here: without them the probe stops after LCP (user "" = not given)
+    given = r.raw("user") is not None or r.raw("password_file") is not None
+    given = given or any(k in env for k in ("PPTP_USER_FILE", "PPTP_PASSWORD", "PPTP_PASSWORD_FILE"))
+    user = r.user() if given else ""
+    password = r.password() if given else Secret("")
     auth, _ = r.common_auth()
     timeout = r.get("timeout", float_between(0.0, 600.0, lo_open=True), 10.0)
     level, fmt = r.log()
