@@ -34,14 +34,6 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
         " decoder accepted can be too long to re-encode",
     ),
     KnownBug(
-        key="ppp_protocol_00ff_compressed",
-        exception="InvariantError",
-        message_parts=("frame round trip", "0x00ff"),
-        where="sidecar/proto/ppp/frame.py protocol_field / frame_header",
-        summary="protocol 0x00FF with PFC and ACFC encodes as a leading 0xFF octet, which decode_frame"
-        " reads as the Address field",
-    ),
-    KnownBug(
         key="chap_authenticator_verdict_changes",
         exception="InvariantError",
         message_parts=("verdict changed after it was given", "CHAP", "authenticator): AuthFailure("),

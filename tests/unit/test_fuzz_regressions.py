@@ -17,7 +17,6 @@ from fuzz import t_gre, t_pptp
 from fuzz.common import InvariantError
 from fuzz.known import KNOWN_BUGS, match
 from fuzz.targets import TARGETS, load
-from sidecar.proto.errors import PppError
 from sidecar.proto.gre import GreSession, encode_packet
 from sidecar.proto.ppp.auth import AuthFailure, AuthMethod, make_authenticator, make_peer
 from sidecar.proto.ppp.frame import decode_frame, encode_frame
@@ -45,21 +44,6 @@ def test_pptp_string_round_trip() -> None:
     )
     msg = decode_message(wire)
     assert decode_message(encode_message(msg)) == msg
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: sidecar/proto/ppp/frame.py protocol_field/frame_header compress protocol 0x00FF to"
-    " one octet 0xFF with ACFC, which decode_frame then reads as the Address field (frames FF 03 00"
-    " -> PppError, FF 03 FF FF -> wrong protocol)",
-)
-def test_ppp_protocol_00ff_compressed() -> None:
-    try:
-        wire = encode_frame(0x00FF, b"\x03\x00", acfc=True, pfc=True)
-    except PppError:
-        return  # refusing to compress (or to send) the reserved 0x00FF is a fix too
-    protocol, info = decode_frame(wire)
-    assert (protocol, bytes(info)) == (0x00FF, b"\x03\x00")
 
 
 @pytest.mark.parametrize("method", [AuthMethod.CHAP_MD5, AuthMethod.MSCHAP_V1, AuthMethod.MSCHAP_V2])
@@ -90,6 +74,17 @@ def test_known_bugs_have_regression_tests() -> None:
     names = {name for name in globals() if name.startswith("test_")}
     for bug in KNOWN_BUGS:
         assert f"test_{bug.key}" in names, bug
+
+
+# -- fixed bugs: plain regression tests ----------------------------------------------------------------
+
+
+def test_ppp_protocol_00ff_compressed() -> None:
+    """Found by the fuzzer, fixed in frame.py (0cc2890): protocol 0x00FF compressed to one 0xFF
+    octet under ACFC read back as the Address field."""
+    wire = encode_frame(0x00FF, b"\x03\x00", acfc=True, pfc=True)
+    protocol, info = decode_frame(wire)
+    assert (protocol, bytes(info)) == (0x00FF, b"\x03\x00")
 
 
 # -- memory: a flood of far-ahead sequence numbers ----------------------------------------------------
