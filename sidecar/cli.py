@@ -140,6 +140,7 @@ def up(
     allow_subnet: Annotated[list[str] | None, _up("allow_subnet")] = None,
     http: Annotated[Str, _up("http")] = None,
     pcap: Annotated[Str, _up("pcap")] = None,
+    pcap_auth_hashes: Annotated[bool | None, _switch("up", "pcap_auth_hashes")] = None,
     max_auth_failures: Annotated[Str, _up("max_auth_failures")] = None,
     backoff_initial: Annotated[Str, _up("backoff_initial")] = None,
     backoff_max: Annotated[Str, _up("backoff_max")] = None,

@@ -86,6 +86,7 @@ class UpSettings:
     allow_subnets: tuple[IPv4Network, ...] = ()
     http: tuple[str, int] | None = DEFAULT_HTTP
     pcap: Path | None = None
+    pcap_auth_hashes: bool = False  # keep MS-CHAP/CHAP response values in the capture (PAP: never)
     max_auth_failures: int = 3
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
@@ -210,7 +211,12 @@ UP_OPTIONS: tuple[Opt, ...] = (
         env="PPTP_ALLOW_SUBNETS",
     ),
     _o("http", "Health/metrics listener host:port, or 'off' [default: 127.0.0.1:9101]"),
-    _o("pcap", "Write the tunnel's packets (PPP inside GRE) to this pcap file"),
+    _o("pcap", "Write the tunnel's PPP control frames and decrypted IP packets to this pcap file"),
+    _o(
+        "pcap_auth_hashes",
+        "Keep the CHAP/MS-CHAP response values in the pcap (they allow offline password guessing) "
+        "[default: masked]",
+    ),
     _o("max_auth_failures", "Give up after this many authentication failures in a row, 0 = never [3]"),
     _o("backoff_initial", "First reconnect delay in seconds [default: 1]"),
     _o("backoff_max", "Longest reconnect delay in seconds [default: 60]"),
@@ -730,6 +736,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     allow_subnets = r.get("allow_subnet", _networks_or_fail, ())
     http = r.get("http", lambda t: parse_hostport(t, allow_off=True), DEFAULT_HTTP)
     pcap = r.get("pcap", _pcap_path, None)
+    pcap_auth_hashes = r.get("pcap_auth_hashes", parse_bool, False)
     max_auth_failures = r.get("max_auth_failures", int_between(0, 1000), 3)
     backoff_initial = r.get("backoff_initial", float_between(0.0, 3600.0, lo_open=True), 1.0)
     backoff_max = r.get("backoff_max", float_between(0.0, 86400.0, lo_open=True), 60.0)
@@ -765,6 +772,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
         allow_subnets=allow_subnets,
         http=http,
         pcap=pcap,
+        pcap_auth_hashes=pcap_auth_hashes,
         max_auth_failures=max_auth_failures,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,

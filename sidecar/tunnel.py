@@ -226,14 +226,17 @@ class Session:
         from sidecar.observe.pcap import PcapTap, tap_link
 
         assert self.stack is not None
+        keep = bool(getattr(self.settings, "pcap_auth_hashes", False))
         try:
-            tap = PcapTap.shared(path)
+            tap = PcapTap.shared(path, keep_auth_hashes=keep)
         except OSError as exc:
             log.warning("--pcap %s: cannot open the file (%s); running without a capture", path, exc)
             return
         self.capture = tap
         self.stack.on_link = lambda link: tap_link(link, tap)
-        log.info("capturing PPP control frames and decrypted IP packets to %s (auth secrets masked)", path)
+        log.info("capturing PPP control frames and decrypted IP packets to %s", path)
+        if keep:
+            log.warning("--pcap-auth-hashes: the capture keeps CHAP/MS-CHAP responses (guessable offline)")
 
     async def _run_tasks(self, stop: trio.Event) -> None:
         assert self.stack is not None

@@ -211,3 +211,29 @@ def test_tapped_link_writes_control_and_clear_ip_both_ways(
     assert 0x00FD not in {proto for _, proto in seen}, "MPPE ciphertext is never written"
     ips = [(_dir(p), bytes(p[IP])) for p in records if p.haslayer(IP)]
     assert ips == [(DIR_OUT, out_packet), (DIR_IN, in_packet)]
+
+
+# -- the settings and the tunnel's hook ---------------------------------------------------------------
+@pytest.mark.parametrize("keep", [False, True])
+def test_up_settings_reach_the_session_tap(tmp_path: Path, keep: bool) -> None:
+    from ipaddress import IPv4Address
+
+    from sidecar.config import build_up_settings
+    from sidecar.stack import client_stack
+    from sidecar.state import StatusBoard
+    from sidecar.tunnel import Session
+
+    path = tmp_path / f"up-{keep}.pcap"
+    flags: dict[str, object] = {"server": "198.51.100.1", "user": "alice", "pcap": str(path)}
+    if keep:
+        flags["pcap_auth_hashes"] = True
+    s = build_up_settings(flags, {"PPTP_PASSWORD": PASSWORD})
+    assert s.pcap == path and s.pcap_auth_hashes is keep
+    session = Session(s, StatusBoard(), IPv4Address("198.51.100.1"))
+    session.stack = client_stack(s)
+    session._open_capture(path)
+    try:
+        assert session.capture is not None and session.capture.keep_auth_hashes is keep
+        assert session.stack.on_link is not None and path.exists()
+    finally:
+        session.capture.close()
