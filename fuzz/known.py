@@ -24,24 +24,7 @@ class KnownBug:
     summary: str
 
 
-KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        key="pptp_string_round_trip",
-        exception="InvariantError",
-        message_parts=("encode_message refuses a message decode_message accepted",),
-        where="sidecar/proto/pptp/messages.py _decode_string",
-        summary="invalid UTF-8 in a string field decodes to U+FFFD (3 bytes each), so a message the"
-        " decoder accepted can be too long to re-encode",
-    ),
-    KnownBug(
-        key="chap_authenticator_verdict_changes",
-        exception="InvariantError",
-        message_parts=("verdict changed after it was given", "CHAP", "authenticator): AuthFailure("),
-        where="sidecar/proto/ppp/auth/chap.py ChapAuthenticator._handle",
-        summary="after failing on its timer (no Response), a CHAP authenticator still judges a late"
-        " Response, replaces its AuthFailure with AuthSuccess and sends Success",
-    ),
-)
+KNOWN_BUGS: tuple[KnownBug, ...] = ()
 
 
 def match(exc: BaseException) -> KnownBug | None:

@@ -251,7 +251,8 @@ def test_strings_decode_tolerantly() -> None:
     wire[host : host + 6] = b"ab\xffc\0z"  # invalid UTF-8, then NUL, then junk after it
     msg = decode_message(bytes(wire))
     assert isinstance(msg, StartControlConnectionRequest)
-    assert msg.host_name == "ab\ufffdc"
+    assert msg.host_name == "ab\udcffc"  # the undecodable byte is kept (surrogateescape)...
+    assert encode_message(msg)[host : host + 5] == b"ab\xffc\0"  # ...and written back unchanged
     full = bytearray(wire)
     full[host : host + 64] = b"h" * 64  # no NUL at all: the whole field
     assert decode_message(bytes(full)).host_name == "h" * 64  # type: ignore[union-attr]

@@ -452,7 +452,10 @@ def _encode_string(cls: type[Message], name: str, value: object, size: int) -> b
         raise PptpError(f"{cls.RFC_NAME}: field {name} must be a str, got {type(value).__name__}")
     if "\0" in value:
         raise PptpError(f"{cls.RFC_NAME}: field {name} contains a NUL character; remove it")
-    raw = value.encode("utf-8")
+    try:
+        raw = value.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise PptpError(f"{cls.RFC_NAME}: field {name} holds a character that cannot be encoded") from exc
     if len(raw) > size:
         raise PptpError(
             f"{cls.RFC_NAME}: field {name} is {len(raw)} bytes in UTF-8, the field holds at most {size};"
@@ -465,7 +468,9 @@ def _decode_string(raw: bytes) -> str:
     end = raw.find(b"\0")
     if end >= 0:
         raw = raw[:end]
-    return raw.decode("utf-8", errors="replace")
+    # surrogateescape: bytes that are not UTF-8 survive a decode/encode round trip unchanged (a
+    # replacement character would be 3 bytes each and could no longer fit the field).
+    return raw.decode("utf-8", errors="surrogateescape")
 
 
 def encode_message(msg: Message) -> bytes:

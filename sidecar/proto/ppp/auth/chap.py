@@ -237,6 +237,11 @@ class ChapAuthenticator(Authenticator):
         if self._verdict_packet is not None:
             self.counters.retransmits += 1
             return [self._verdict_packet]  # the peer did not get our Success/Failure
+        if self.result is not None:
+            # We already gave up (no Response in time): a late Response must not turn the reported
+            # failure into a success. Nothing more goes out; the link is going down.
+            self.counters.unexpected += 1
+            return []
         username = name.decode("utf-8", "replace")
         verdict = self._check(identifier, self._challenge, value, username)
         code_out = SUCCESS if verdict.ok else FAILURE
