@@ -441,3 +441,19 @@ def test_exit_codes_are_the_documented_ones() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs/notes/diagnosis.md").read_text()
     for code in expected.values():
         assert f"| {code} |" in doc, f"exit code {code} is not in the table of docs/notes/diagnosis.md"
+
+
+def test_garbage_on_1723_is_a_control_failure_not_a_crash() -> None:
+    async def connect(*_: Any, **__: Any) -> trio.abc.Stream:
+        server_end, client_end = trio.testing.memory_stream_pair()
+
+        async def babble() -> None:
+            await server_end.receive_some(4096)
+            await server_end.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n" + bytes(range(256)))
+
+        trio.lowlevel.spawn_system_task(babble)
+        return client_end
+
+    code, lines = run_with(settings(), connect=connect, open_gre=lambda ip: _NoGre())
+    assert code == 12
+    assert "FAIL" in step(lines, 3) and "does not speak PPTP" in step(lines, 3)
