@@ -27,6 +27,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from sidecar.proto.reorder import DEFAULT_REORDER_TIMEOUT, DEFAULT_REORDER_WINDOW
 from sidecar.proto.secret import Secret
 
 if TYPE_CHECKING:
@@ -76,8 +77,8 @@ class UpSettings:
     dns: bool = True
     mtu: int | None = None
     interface: str = "pptp0"
-    reorder_window: int = 64
-    reorder_timeout: float = 0.1
+    reorder_window: int = DEFAULT_REORDER_WINDOW
+    reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
     echo_interval: float = 60.0  # PPTP control-connection Echo-Request after this idle time
     echo_timeout: float = 15.0
     lcp_echo_interval: float = 10.0
@@ -201,8 +202,11 @@ UP_OPTIONS: tuple[Opt, ...] = (
     _o("dns", "Use the DNS servers the peer offers (rewrites /etc/resolv.conf) [default: on]"),
     _o("mtu", "Tunnel MTU, 576-1500 [default: negotiated]"),
     _o("interface", "TUN interface name [default: pptp0]"),
-    _o("reorder_window", "GRE reorder buffer in packets, 0 = off [default: 64]"),
-    _o("reorder_timeout", "Seconds a gap may wait in the reorder buffer [default: 0.1]"),
+    _o("reorder_window", f"GRE reorder buffer in packets, 0 = off [default: {DEFAULT_REORDER_WINDOW}]"),
+    _o(
+        "reorder_timeout",
+        f"Seconds a gap may wait in the reorder buffer [default: {DEFAULT_REORDER_TIMEOUT:g}]",
+    ),
     *_ECHO,
     _o("kill_switch", "Drop all traffic that does not go through the tunnel [default: on]"),
     _o(
@@ -726,8 +730,10 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     dns = r.get("dns", parse_bool, True)
     mtu = r.get("mtu", parse_mtu, None)
     interface = r.get("interface", parse_interface, "pptp0")
-    reorder_window = r.get("reorder_window", int_between(0, 4096), 64)
-    reorder_timeout = r.get("reorder_timeout", float_between(0.0, 10.0, lo_open=True), 0.1)
+    reorder_window = r.get("reorder_window", int_between(0, 4096), DEFAULT_REORDER_WINDOW)
+    reorder_timeout = r.get(
+        "reorder_timeout", float_between(0.0, 10.0, lo_open=True), DEFAULT_REORDER_TIMEOUT
+    )
     echo_interval = r.get("echo_interval", float_between(1.0, 3600.0), 60.0)
     echo_timeout = r.get("echo_timeout", float_between(1.0, 600.0), 15.0)
     lcp_echo_interval = r.get("lcp_echo_interval", float_between(0.5, 3600.0), 10.0)
