@@ -21,7 +21,7 @@ import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from sidecar.proto.errors import PppError
 from sidecar.proto.secret import Secret
@@ -151,16 +151,15 @@ class AuthCounters:
 class _AuthMachine:
     """Timers, counters and the result: the skeleton both roles share."""
 
+    METHOD: ClassVar[AuthMethod]  # each concrete machine names its method
     method: AuthMethod
 
-    def __init__(
-        self, method: AuthMethod, rng: random.Random, restart_interval: float, max_transmits: int
-    ) -> None:
+    def __init__(self, rng: random.Random, restart_interval: float, max_transmits: int) -> None:
         if restart_interval <= 0:
             raise ValueError("restart_interval must be positive")
         if max_transmits < 1:
             raise ValueError("max_transmits must be at least 1")
-        self.method = method
+        self.method = self.METHOD
         self._rng = rng
         self.restart_interval = restart_interval
         self.max_transmits = max_transmits
@@ -228,7 +227,6 @@ class AuthPeer(_AuthMachine):
 
     def __init__(
         self,
-        method: AuthMethod,
         username: str,
         password: Secret,
         rng: random.Random,
@@ -236,7 +234,7 @@ class AuthPeer(_AuthMachine):
         restart_interval: float = DEFAULT_RESTART_INTERVAL,
         max_transmits: int = DEFAULT_MAX_TRANSMITS,
     ) -> None:
-        super().__init__(method, rng, restart_interval, max_transmits)
+        super().__init__(rng, restart_interval, max_transmits)
         if not isinstance(password, Secret):
             raise TypeError("password must be a Secret")
         self.username = username
@@ -248,7 +246,6 @@ class Authenticator(_AuthMachine):
 
     def __init__(
         self,
-        method: AuthMethod,
         lookup: SecretLookup,
         name: str,
         rng: random.Random,
@@ -256,7 +253,7 @@ class Authenticator(_AuthMachine):
         restart_interval: float = DEFAULT_RESTART_INTERVAL,
         max_transmits: int = DEFAULT_MAX_TRANSMITS,
     ) -> None:
-        super().__init__(method, rng, restart_interval, max_transmits)
+        super().__init__(rng, restart_interval, max_transmits)
         self.name = name
         self._lookup = lookup
 

@@ -85,7 +85,6 @@ class ChapPeer(AuthPeer):
 
     def __init__(
         self,
-        method: AuthMethod,
         username: str,
         password: Secret,
         rng: random.Random,
@@ -94,7 +93,7 @@ class ChapPeer(AuthPeer):
         max_transmits: int = DEFAULT_MAX_TRANSMITS,
     ) -> None:
         super().__init__(
-            method, username, password, rng, restart_interval=restart_interval, max_transmits=max_transmits
+            username, password, rng, restart_interval=restart_interval, max_transmits=max_transmits
         )
         self.server_name = ""
         self._challenge: tuple[int, bytes] | None = None  # (identifier, value) we answered
@@ -179,7 +178,6 @@ class ChapAuthenticator(Authenticator):
 
     def __init__(
         self,
-        method: AuthMethod,
         lookup: SecretLookup,
         name: str,
         rng: random.Random,
@@ -187,9 +185,7 @@ class ChapAuthenticator(Authenticator):
         restart_interval: float = DEFAULT_RESTART_INTERVAL,
         max_transmits: int = DEFAULT_MAX_TRANSMITS,
     ) -> None:
-        super().__init__(
-            method, lookup, name, rng, restart_interval=restart_interval, max_transmits=max_transmits
-        )
+        super().__init__(lookup, name, rng, restart_interval=restart_interval, max_transmits=max_transmits)
         self._identifier = 0
         self._challenge = b""
         self._challenge_packet = b""
@@ -254,46 +250,14 @@ class ChapAuthenticator(Authenticator):
 
 
 class ChapMd5Peer(ChapPeer):
-    def __init__(
-        self,
-        username: str,
-        password: Secret,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(
-            AuthMethod.CHAP_MD5,
-            username,
-            password,
-            rng,
-            restart_interval=restart_interval,
-            max_transmits=max_transmits,
-        )
+    METHOD = AuthMethod.CHAP_MD5
 
     def _response_value(self, identifier: int, challenge: bytes) -> bytes:
         return chap_md5_response(identifier, self._password.reveal().encode(), challenge)
 
 
 class ChapMd5Authenticator(ChapAuthenticator):
-    def __init__(
-        self,
-        lookup: SecretLookup,
-        name: str,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(
-            AuthMethod.CHAP_MD5,
-            lookup,
-            name,
-            rng,
-            restart_interval=restart_interval,
-            max_transmits=max_transmits,
-        )
+    METHOD = AuthMethod.CHAP_MD5
 
     def _new_challenge(self) -> bytes:
         return self._rng.randbytes(MD5_CHALLENGE_LENGTH)

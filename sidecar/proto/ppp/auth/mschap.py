@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import random
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,10 +29,7 @@ from Crypto.Hash import MD4
 
 from sidecar.proto.errors import PppError
 from sidecar.proto.ppp.auth.base import (
-    DEFAULT_MAX_TRANSMITS,
-    DEFAULT_RESTART_INTERVAL,
     AuthMethod,
-    SecretLookup,
     printable,
 )
 from sidecar.proto.ppp.auth.chap import ChapAuthenticator, ChapPeer, Verdict
@@ -264,26 +260,11 @@ class _MsChapPeer(ChapPeer):
 class MsChapV2Peer(_MsChapPeer):
     challenge_length = V2_CHALLENGE_LENGTH
 
-    def __init__(
-        self,
-        username: str,
-        password: Secret,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(
-            AuthMethod.MSCHAP_V2,
-            username,
-            password,
-            rng,
-            restart_interval=restart_interval,
-            max_transmits=max_transmits,
-        )
-        self._peer_challenge = b""
-        self._auth_challenge = b""
-        self._nt_response = b""
+    METHOD = AuthMethod.MSCHAP_V2
+    # per-exchange values, set by _response_value (bytes are immutable: class defaults are safe)
+    _peer_challenge = b""
+    _auth_challenge = b""
+    _nt_response = b""
 
     def _response_value(self, identifier: int, challenge: bytes) -> bytes:
         self._auth_challenge = challenge
@@ -310,24 +291,8 @@ class MsChapV2Peer(_MsChapPeer):
 class MsChapV1Peer(_MsChapPeer):
     challenge_length = V1_CHALLENGE_LENGTH
 
-    def __init__(
-        self,
-        username: str,
-        password: Secret,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(
-            AuthMethod.MSCHAP_V1,
-            username,
-            password,
-            rng,
-            restart_interval=restart_interval,
-            max_transmits=max_transmits,
-        )
-        self._auth_challenge = b""
+    METHOD = AuthMethod.MSCHAP_V1
+    _auth_challenge = b""  # set by _response_value
 
     def _response_value(self, identifier: int, challenge: bytes) -> bytes:
         self._auth_challenge = challenge
@@ -343,23 +308,7 @@ class MsChapV1Peer(_MsChapPeer):
 
 
 class MsChapV2Authenticator(ChapAuthenticator):
-    def __init__(
-        self,
-        lookup: SecretLookup,
-        name: str,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(
-            AuthMethod.MSCHAP_V2,
-            lookup,
-            name,
-            rng,
-            restart_interval=restart_interval,
-            max_transmits=max_transmits,
-        )
+    METHOD = AuthMethod.MSCHAP_V2
 
     def _new_challenge(self) -> bytes:
         return self._rng.randbytes(V2_CHALLENGE_LENGTH)
@@ -391,23 +340,7 @@ class MsChapV2Authenticator(ChapAuthenticator):
 
 
 class MsChapV1Authenticator(ChapAuthenticator):
-    def __init__(
-        self,
-        lookup: SecretLookup,
-        name: str,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(
-            AuthMethod.MSCHAP_V1,
-            lookup,
-            name,
-            rng,
-            restart_interval=restart_interval,
-            max_transmits=max_transmits,
-        )
+    METHOD = AuthMethod.MSCHAP_V1
 
     def _new_challenge(self) -> bytes:
         return self._rng.randbytes(V1_CHALLENGE_LENGTH)

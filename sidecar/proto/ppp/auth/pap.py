@@ -67,6 +67,8 @@ def decode_reply_message(data: bytes) -> bytes:
 
 
 class PapPeer(AuthPeer):
+    METHOD = AuthMethod.PAP
+
     def __init__(
         self,
         username: str,
@@ -77,12 +79,7 @@ class PapPeer(AuthPeer):
         max_transmits: int = DEFAULT_MAX_TRANSMITS,
     ) -> None:
         super().__init__(
-            AuthMethod.PAP,
-            username,
-            password,
-            rng,
-            restart_interval=restart_interval,
-            max_transmits=max_transmits,
+            username, password, rng, restart_interval=restart_interval, max_transmits=max_transmits
         )
         if len(username.encode()) > 255:
             raise ValueError("PAP user name must be at most 255 octets (UTF-8)")
@@ -137,6 +134,8 @@ class PapPeer(AuthPeer):
 
 
 class PapAuthenticator(Authenticator):
+    METHOD = AuthMethod.PAP
+
     def __init__(
         self,
         lookup: SecretLookup,
@@ -148,9 +147,7 @@ class PapAuthenticator(Authenticator):
         ack_message: str = "Access granted",
         nak_message: str = "Authentication failed",
     ) -> None:
-        super().__init__(
-            AuthMethod.PAP, lookup, name, rng, restart_interval=restart_interval, max_transmits=max_transmits
-        )
+        super().__init__(lookup, name, rng, restart_interval=restart_interval, max_transmits=max_transmits)
         self._ack = ack_message.encode()
         self._nak = nak_message.encode()
 
