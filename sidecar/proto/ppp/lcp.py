@@ -97,6 +97,7 @@ class LcpHandler(OptionHandler):
         self._loop_suspicions = 0
         self._disallowed_offers: list[str] = []
         self._last_disallowed: tuple[AuthMethod | None, str] | None = None
+        self.withdrawn_auth_reason: str | None = None
         self.rejected_protocols: list[int] = []  # Protocol-Rejects received (the link drains)
         self.echo_replies: list[tuple[int, bytes]] = []  # (identifier, data) of Echo-Replies
         self.looped_echo = 0
@@ -256,6 +257,13 @@ class LcpHandler(OptionHandler):
                 self.tx_acfc = True
             elif o.type == OPT_AUTH:
                 self.auth_required = AuthMethod.from_option_data(o.data)
+        # The peer asked for a method we refused, then dropped its request instead of offering
+        # another (pppd does this, then hangs up once LCP is open): keep why, with the fix.
+        self.withdrawn_auth_reason = (
+            self._insists_reason(*self._last_disallowed)
+            if self.auth_required is None and self._disallowed_offers and self._last_disallowed is not None
+            else None
+        )
         self._disallowed_offers.clear()
 
     # -- extra codes ------------------------------------------------------------------------------------

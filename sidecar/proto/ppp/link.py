@@ -579,6 +579,13 @@ class PppLink:
         self.keepalive.start(now)
         method = h.auth_demanded if self.role is LinkRole.AUTHENTICATOR else h.auth_required
         if method is None:
+            refusal = h.withdrawn_auth_reason if self.role is LinkRole.PEER else None
+            if refusal is not None:
+                # The server asked for a method we refused, then dropped its request instead of
+                # offering another: pppd does this and hangs up ("peer refused to authenticate")
+                # once LCP is open. Go down with what to change rather than a later, vaguer reason.
+                self._go_down(now, refusal)
+                return
             self._enter_network(now)
             return
         cfg = self.config
