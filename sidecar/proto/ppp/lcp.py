@@ -41,12 +41,12 @@ MAX_DISALLOWED_OFFERS: Final = 4
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
 
-# how the user permits a method (the flag the hallway exposes); named in failure reasons
+# The names --auth / PPTP_AUTH take (sidecar.config.AUTH_NAMES): the advice must be usable as given.
 AUTH_FLAG_NAMES: Final[dict[AuthMethod, str]] = {
     AuthMethod.PAP: "pap",
-    AuthMethod.CHAP_MD5: "chap-md5",
-    AuthMethod.MSCHAP_V1: "mschap-v1",
-    AuthMethod.MSCHAP_V2: "mschap-v2",
+    AuthMethod.CHAP_MD5: "chap",
+    AuthMethod.MSCHAP_V1: "mschap",
+    AuthMethod.MSCHAP_V2: "mschapv2",
 }
 
 
