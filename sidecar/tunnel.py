@@ -516,7 +516,8 @@ class Session:
         s, tun, nc, stack = self.settings, self.tun, self.netconf, self.stack
         assert tun is not None and nc is not None and stack is not None and self.via is not None
         local, peer = ev.local_ip, ev.peer_ip
-        dns = tuple(getattr(ev, "dns", ()) or ())
+        # pppd with one ms-dns line hands it out as primary and secondary: keep each server once
+        dns = tuple(dict.fromkeys(getattr(ev, "dns", ()) or ()))
         encryption = getattr(ev, "encryption", None) or self.encryption or "none"
         mppe_on = encryption not in ("none", "", None) and not str(encryption).startswith("none")
         log.info("IPCP up: local %s, peer %s, DNS %s", local, peer, ", ".join(map(str, dns)) or "none")
