@@ -1,6 +1,8 @@
-"""End-to-end tunnel benchmark: our PPTP tunnel (sidecar up <-> sidecar serve) side by side with plain
-veth (the limit) and OpenVPN 2.6 (the C userspace reference), on one topology, in one run.
-Prints figures and same-run ratios, never pass/fail.
+"""End-to-end tunnel benchmark: pptp-sidecar vs plain veth and OpenVPN 2.6, in two namespaces.
+
+Our PPTP tunnel (sidecar up <-> sidecar serve) side by side with plain veth (the limit) and OpenVPN
+2.6 (the C userspace reference), on one topology, in one run. Prints figures and same-run ratios,
+never pass/fail.
 
 Run (root; needs iperf3, ping, openvpn, openssl):
 
