@@ -129,6 +129,7 @@ class ClientSession:
         self._closing = False
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None
+        self._send_lock = trio.Lock()
         self.reorderer: DeliberateReorderer | None = None
         if hooks.test_reorder > 0 and hooks.reorder_rng is not None:
             self.reorderer = DeliberateReorderer(hooks.test_reorder, hooks.reorder_rng)
@@ -401,14 +402,15 @@ class ClientSession:
         while True:
             await self._control_dirty.wait()
             self._control_dirty = trio.Event()
-            data = self.stack.control_to_send()
-            if data:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self.end_reason = self.end_reason or f"control connection lost: {exc}"
-                    self.kill(self.end_reason)
-                    return
+            async with self._send_lock:  # one sender at a time: the closing flush sends too
+                data = self.stack.control_to_send()
+                if data:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        self.end_reason = self.end_reason or f"control connection lost: {exc}"
+                        self.kill(self.end_reason)
+                        return
 
     async def _timer(self, cancel: trio.CancelScope) -> None:
         closing_since: float | None = None
@@ -448,12 +450,12 @@ class ClientSession:
                 return
 
     async def _flush_control(self) -> None:
-        data = self.stack.control_to_send()
-        if not data:
-            return
         with trio.move_on_after(0.5):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await self.stream.send_all(data)
+            async with self._send_lock:  # after the writer's send in progress, never beside it
+                data = self.stack.control_to_send()
+                if data:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        await self.stream.send_all(data)
 
     def counter_dict(self) -> dict[str, int]:
         """Flat ``<area>_<name>`` counters of this client (for the server's status board)."""
