@@ -35,12 +35,23 @@ _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _BUFSIZE = 65535
 
 
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+# errno values by which the kernel reports ICMP errors (unreachable, bad parameter) on a raw socket
+_TRANSIENT_ICMP = frozenset(
+    (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOPROTOOPT, errno.EPROTO)
+)
+# ... and on send also a full queue, or the kill switch / a firewall dropping the packet (EPERM)
+_TRANSIENT_SEND = _TRANSIENT_ICMP | {errno.ENOBUFS, errno.EPERM, errno.EACCES}
+
+
 @dataclass
 class GreSocketCounters:
     rx_packets: int = 0
     rx_bytes: int = 0
     rx_foreign: int = 0  # from a host other than the server (client role): dropped
     rx_malformed: int = 0  # shorter than its own IP header / not IPv4: dropped
+    icmp_errors: int = 0  # an ICMP error the kernel reported on the socket (transient)
     tx_packets: int = 0
     tx_bytes: int = 0
     tx_dropped: int = 0  # send buffer full or a transient error
@@ -72,9 +83,17 @@ class GreSocket:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-            for opt, size in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, sndbuf)):
-                with contextlib.suppress(OSError):  # limits differ per host; defaults still work
-                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            for force, opt, size in (
+                (_SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
+                (_SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf),
+            ):
+                # The FORCE variant (CAP_NET_ADMIN, which we hold) passes net.core.rmem_max, whose
+                # 208 KiB default overflows under bursts; else the capped size, else the default.
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, force, size)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, opt, size)
             if bind is not None:
                 sock.bind((str(bind), 0))
             self._connected = remote is not None and connect
@@ -103,9 +122,11 @@ class GreSocket:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                # ICMP errors (e.g. port/protocol unreachable) surface on connected raw sockets:
-                # transient, the next read goes on.
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                # ICMP errors surface on raw sockets as errno values: transient, the next read goes
+                # on. ENOPROTOOPT is a protocol-unreachable from a peer whose own GRE socket
+                # overflowed (seen under UDP bursts); it must not end the session.
+                if exc.errno in _TRANSIENT_ICMP:
+                    counters.icmp_errors += 1
                     continue
                 raise
             if n < 20 or (buf[0] >> 4) != 4:
@@ -149,8 +170,7 @@ class GreSocket:
             if exc.errno == errno.EMSGSIZE:
                 self.counters.tx_too_big += 1
                 return False
-            if exc.errno in (errno.ENOBUFS, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                             errno.EPERM, errno.EACCES):  # fmt: skip
+            if exc.errno in _TRANSIENT_SEND:
                 # transient or firewall (EPERM from an nft drop in OUTPUT): dropped, counted
                 self.counters.tx_dropped += 1
                 return False

@@ -172,3 +172,37 @@ def test_oversized_packet_is_refused_not_fragmented(
     assert h.client.link_stats(h.client_if).tx_bytes - tx_before < 1000  # nothing of it left, no fragments
     assert client.send(gre(7, 2, b"x" * 1400))  # fits: 20 + 16 + 1400 < 1500
     assert nslib.wait_for(lambda: len(server.recv_batch()) == 1)
+
+
+def test_protocol_unreachable_from_the_server_is_transient(hosts: nslib.TwoHosts) -> None:
+    """A server with no GRE socket (or an overflowing one) answers ICMP protocol unreachable; Linux
+    reports it on the client's next read as ENOPROTOOPT. That must be counted, not end the session."""
+    h = hosts
+    with h.client.enter():
+        client = GreSocket(h.server_ip)
+    try:
+        base = h.client.link_stats(h.client_if).rx_packets
+        assert client.send(gre(7, 1, b"nobody listens"))  # no raw GRE socket in the server namespace
+        wait_rx(h.client, h.client_if, base + 1)  # the ICMP error came back
+        assert client.recv_batch() == []
+        assert client.counters.icmp_errors == 1
+        # and the socket still works afterwards
+        with h.server.enter():
+            server = GreSocket(None, bind=h.server_ip)
+        try:
+            server.send(gre(7, 2, b"back"), dest=h.client_ip)
+            assert nslib.wait_for(lambda: client.recv_batch() == [(h.server_ip, gre(7, 2, b"back"))])
+        finally:
+            server.close()
+    finally:
+        client.close()
+
+
+def test_receive_buffer_is_forced_past_rmem_max(hosts: nslib.TwoHosts) -> None:
+    with hosts.client.enter():
+        client = GreSocket(hosts.server_ip)
+    try:
+        # the kernel doubles the value it is given; the 208 KiB default rmem_max would cap it
+        assert client._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 * 1024 * 1024
+    finally:
+        client.close()
