@@ -114,6 +114,10 @@ class _AuthWatch:
             check(m.next_deadline() is None, f"{self.what} decided but keeps a timer")
             for text in (str(res), repr(res), getattr(res, "reason", ""), getattr(res, "message", "")):
                 check(PASSWORD not in text, f"{self.what} result shows the password")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise InvariantError(f"{self.what} result text is not encodable as UTF-8: {exc}") from exc
         check(PASSWORD not in repr(m), f"{self.what} repr shows the password")
 
 

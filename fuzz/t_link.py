@@ -115,6 +115,10 @@ class _LinkWatch:
         for ev in self.link.events():
             check(isinstance(ev, EVENT_TYPES), f"{self.what} event {ev!r}")
             text = str(ev) + repr(ev)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvariantError(f"{type(ev).__name__} text is not encodable as UTF-8: {exc}") from exc
             check(PASSWORD not in text, f"{self.what} event shows the password: {type(ev).__name__}")
             if isinstance(ev, LinkUp):
                 self.ups += 1

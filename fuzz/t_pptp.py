@@ -237,7 +237,10 @@ class _Watch:
         for ev in events:
             check(isinstance(ev, _EVENT_TYPES), f"unknown event {ev!r}")
             check(self.closed_events == 0, f"event {ev!r} after ControlClosed")
-            str(ev)  # every event renders
+            try:  # every event renders as text a log line or the status page can carry
+                str(ev).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvariantError(f"{type(ev).__name__} text is not encodable as UTF-8: {exc}") from exc
             if isinstance(ev, ControlClosed):
                 self.closed_events += 1
                 check(bool(ev.reason), "ControlClosed without a reason")
