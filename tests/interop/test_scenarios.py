@@ -574,3 +574,27 @@ def test_reordering_by_netem_is_absorbed_by_the_reorder_queue(
     FIGURES["reorder counters, netem delay 2ms reorder 25% 50%"] = str(c)
     pptpd.netem(None)
     assert client.terminate()[0] == 0
+
+
+@pytest.mark.pptpd(MSCHAPV2_MPPE128)
+def test_sigterm_waits_for_the_terminate_ack_before_clearing_the_call(
+    pptpd: Vm, start_client: Callable[..., Client]
+) -> None:
+    """With every server -> client packet 400 ms late, a client that clears the call only after
+    pppd's Terminate-Ack needs two crossings (the Ack, then pptpd's close after our
+    Call-Clear-Request): >= 0.8 s. One that sends Call-Clear-Request right behind its
+    Terminate-Request (the old behaviour: pptpd could hang up pppd before pppd read the
+    Terminate-Request) is done after one crossing plus pptpd's own teardown (0.16-0.34 s seen):
+    0.56-0.74 s. Either way within the 2 s budget."""
+    delay = 0.4
+    client = start_client()
+    client.wait_up()
+    pptpd.netem(f"delay {int(delay * 1000)}ms", direction="out")
+    rc, seconds = client.terminate()
+    assert rc == 0, client.tail()
+    FIGURES["SIGTERM to exit, server->client delay 400 ms"] = f"{seconds:.2f} s"
+    assert 2 * delay <= seconds < 2.0, f"exit after {seconds:.2f} s\n{client.tail()}"
+    log = pptpd.wait_for_log(r"^Connection terminated\.$").string
+    assert re.search(r'^rcvd \[LCP TermReq id=0x\w+ "stopped by request"\]$', log, re.M), log
+    assert re.search(r"^sent \[LCP TermAck id=0x\w+\]$", log, re.M), log
+    pptpd.netem(None)
