@@ -223,10 +223,14 @@ class Server:
                 if not batch:
                     break
                 now = trio.current_time()
+                touched: dict[ClientSession, None] = {}
                 for source, packet in batch:
                     session = demux.route(source, packet)
                     if session is not None:
-                        session.gre_received(packet, now)
+                        session.gre_received(packet, now, defer=True)
+                        touched[session] = None
+                for session in touched:
+                    session.end_of_batch(now)
                 if len(batch) < 64:
                     break
                 await trio.lowlevel.checkpoint()
@@ -245,6 +249,7 @@ class Server:
                 if not batch:
                     break
                 now = trio.current_time()
+                touched: dict[ClientSession, None] = {}
                 for packet in batch:
                     counters.tun_rx += 1
                     dest = ipv4_destination(packet)
@@ -255,7 +260,10 @@ class Server:
                     if session is None:
                         counters.tun_no_client += 1
                         continue
-                    session.ip_from_tun(packet, now)
+                    session.ip_from_tun(packet, now, defer=True)
+                    touched[session] = None
+                for session in touched:
+                    session.end_of_batch(now)
                 if len(batch) < 64:
                     break
                 await trio.lowlevel.checkpoint()
