@@ -14,8 +14,6 @@ import importlib
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar, cast
 
@@ -243,6 +241,9 @@ def _target(http: str | None) -> tuple[str, int]:
 
 def _get(url: str, timeout: float) -> tuple[int, bytes]:
     """(status, body); raises OSError (URLError) when nothing answers."""
+    import urllib.error  # here, not at the top: `up`/`serve` never need it (~2 MB of RSS)
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status), resp.read()
