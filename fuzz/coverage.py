@@ -1,4 +1,5 @@
-"""Line coverage of ``sidecar/proto`` reached by the fuzz corpora (seeds + what the fuzzers kept).
+"""Line coverage of ``sidecar/proto`` and ``sidecar/stack.py`` reached by the fuzz corpora
+(seeds + what the fuzzers kept).
 
     .venv/bin/python -m fuzz.coverage [--missing] [TARGET ...]
 
@@ -24,6 +25,7 @@ from fuzz.targets import TARGETS, load
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "sidecar" / "proto"
+STACK = ROOT / "sidecar" / "stack.py"  # the session wiring (target ``stack``)
 
 
 def executable_lines(path: Path) -> set[int]:
@@ -57,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     fns = {t: load(t) for t in targets}  # import first: module-level lines are not what we measure
     hit: set[tuple[str, int]] = set()
     prefix = str(PROTO)
+    stack = str(STACK)
 
     def tracer(frame: types.FrameType, event: str, arg: Any) -> TraceFunction | None:
-        if not frame.f_code.co_filename.startswith(prefix):
+        name = frame.f_code.co_filename
+        if not name.startswith(prefix) and name != stack:
             return None
 
         def local(frame: types.FrameType, event: str, arg: Any) -> TraceFunction:
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     total_lines = total_hit = 0
     print(f"{inputs} corpus inputs replayed ({', '.join(targets)})")
     print(f"{'module':40s} {'lines':>6s} {'reached':>8s} {'%':>6s}")
-    for path in sorted(PROTO.rglob("*.py")):
+    for path in [*sorted(PROTO.rglob("*.py")), STACK]:
         lines = executable_lines(path)
         if not lines:
             continue

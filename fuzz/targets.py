@@ -36,9 +36,18 @@ TARGETS: dict[str, tuple[str, str]] = {
     "auth": ("fuzz.t_auth", "target_auth"),
     "mppe": ("fuzz.t_mppe", "target_mppe"),
     "link": ("fuzz.t_link", "target_link"),
+    "stack": ("fuzz.t_stack", "target_stack"),
 }
 
-SEED_MODULES = ("fuzz.t_pptp", "fuzz.t_gre", "fuzz.t_ppp", "fuzz.t_auth", "fuzz.t_mppe", "fuzz.t_link")
+SEED_MODULES = (
+    "fuzz.t_pptp",
+    "fuzz.t_gre",
+    "fuzz.t_ppp",
+    "fuzz.t_auth",
+    "fuzz.t_mppe",
+    "fuzz.t_link",
+    "fuzz.t_stack",
+)
 
 
 def load(name: str) -> Target:

@@ -36,6 +36,7 @@ EXAMPLES = {
     "ppp_options": 150,
     "mppe": 60,
     "link": 60,
+    "stack": 40,
 }
 DEFAULT_EXAMPLES = 100
 
