@@ -8,15 +8,10 @@ direction for 3 s - a ping stream every 50 ms got 2 of 60 answers in some runs; 
 
 from __future__ import annotations
 
-import pytest
-
 from sidecar.proto.ppp import frame as F
 from tests.unit.test_ppp_link import Harness, client_config, ipv4_packet, server_config
 
 
-@pytest.mark.xfail(
-    strict=True, reason="link.py asks for a lost Reset-Request again only after restart_interval (3 s)"
-)
 def test_reset_request_is_asked_again_within_a_second_while_packets_keep_failing() -> None:
     h = Harness.make(client_config(mppe_stateful=True), server_config(mppe_stateful=True))
     h.run()

@@ -53,6 +53,10 @@ from sidecar.proto.ppp.mppe import MppeCodec, MppeKeySource, MppePolicy
 from sidecar.proto.secret import Secret
 
 MPPE_OVERHEAD: Final = 4  # MPPE header (2) + the encrypted protocol field (2)
+RESET_RETRY: Final = 1.0
+"""Seconds after which a stateful receiver still waiting for a flushed packet asks again (on the next
+packet that fails): a lost Reset-Request or flushed packet then costs about a second, not
+``restart_interval`` (pppd, too, waits about a second for the Reset-Ack)."""
 _MAX_HELD: Final = 4  # NCP packets kept while their layer waits for its turn
 
 
@@ -362,7 +366,10 @@ class PppLink:
             c.rx_decrypt_dropped += 1
             if codec.needs_reset or (
                 codec.resync_pending
-                and (self._reset_sent_at is None or now - self._reset_sent_at >= self.config.restart_interval)
+                and (
+                    self._reset_sent_at is None
+                    or now - self._reset_sent_at >= min(RESET_RETRY, self.config.restart_interval)
+                )
             ):
                 self._send_reset_request(now)
             return []
