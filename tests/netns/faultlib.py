@@ -328,9 +328,13 @@ def fault_tcp_reset(ns: nslib.Netns) -> None:
     )
 
 
-def fault_gre_loss(ns: nslib.Netns, percent: int) -> None:
-    """``percent`` % of GRE packets lost in each direction (random, per packet)."""
-    rule = f"ip protocol gre numgen random mod 100 < {percent} drop;"
+def fault_gre_loss(ns: nslib.Netns, percent: int, *, every: int | None = None) -> None:
+    """``percent`` % of GRE packets lost in each direction (random, per packet); or, with ``every``,
+    exactly every ``every``-th GRE packet in each direction (deterministic: a test can count on it)."""
+    if every is not None:
+        rule = f"ip protocol gre numgen inc mod {every} == 0 drop;"
+    else:
+        rule = f"ip protocol gre numgen random mod 100 < {percent} drop;"
     nft_table(ns, FAULTS, f"""
   chain in {{ type filter hook input priority -5; {rule} }}
   chain out {{ type filter hook output priority -5; {rule} }}""")  # fmt: skip
@@ -382,6 +386,14 @@ class LeakWatch:
 
     def leaked(self) -> int:
         return nft_counter_packets(self.ns, LEAKS, "leak")
+
+
+def kill_switch_blocked(ns: nslib.Netns) -> int:
+    """Packets the client's kill switch dropped on output so far (0 when it is not installed)."""
+    from sidecar.kernel.firewall import FAMILY, TABLE, blocked_counts
+
+    proc = ns.run(["nft", "list", "table", FAMILY, TABLE], check=False)
+    return blocked_counts(proc.stdout.splitlines()).get("output", 0) if proc.returncode == 0 else 0
 
 
 # -- packets ---------------------------------------------------------------------------------------------
@@ -479,6 +491,45 @@ def pptp_control_types(packets: Sequence[Captured], *, outgoing: bool | None = N
     return out
 
 
+def _gre_split(gre: bytes) -> tuple[int | None, bytes]:
+    """(sequence number or None, PPP frame) of an enhanced GRE packet."""
+    flags = gre[0]
+    offset = 8
+    seq = None
+    if flags & 0x10:
+        seq = struct.unpack("!I", gre[8:12])[0]
+        offset += 4
+    if gre[1] & 0x80:
+        offset += 4
+    return seq, gre[offset:]
+
+
+def gre_sequence_numbers(packets: Sequence[Captured]) -> list[int]:
+    out = []
+    for c in packets:
+        gre = gre_payload(c.ip)
+        if gre is not None and len(gre) >= 12:
+            seq, _ = _gre_split(gre)
+            if seq is not None:
+                out.append(seq)
+    return out
+
+
+def lcp_codes(packets: Sequence[Captured]) -> list[int]:
+    """LCP codes (RFC 1661 §5) of the GRE-carried PPP frames in ``packets``, in order."""
+    out = []
+    for c in packets:
+        gre = gre_payload(c.ip)
+        if gre is None or len(gre) < 8:
+            continue
+        _, ppp = _gre_split(gre)
+        if ppp[:2] == b"\xff\x03":
+            ppp = ppp[2:]
+        if ppp[:2] == b"\xc0\x21" and len(ppp) >= 3:
+            out.append(ppp[2])
+    return out
+
+
 # -- resolv.conf through `ip netns exec` -----------------------------------------------------------------
 @contextlib.contextmanager
 def netns_resolv_conf(ns: nslib.Netns, text: str) -> Iterator[Path]:
@@ -572,3 +623,189 @@ def check_backoff(delays: Sequence[tuple[int, float]], initial: float, maximum: 
     for attempt, delay in delays:
         d = min(maximum, initial * 2 ** (attempt - 1))
         assert d / 2 - 0.051 <= delay <= d + 0.051, f"attempt {attempt}: delay {delay} outside [{d / 2}, {d}]"
+
+
+# -- a lab: one server, one client, the kill-switch watch -------------------------------------------------
+FAST_KEEPALIVE = ("--echo-interval", "1", "--echo-timeout", "1", "--lcp-echo-interval", "0.5",
+                  "--lcp-echo-failures", "2")  # fmt: skip
+
+
+@dataclass
+class Outage:
+    """One fault: when it was injected and healed, when the client noticed, when it was back up."""
+
+    fault: str
+    injected: float
+    detected: float | None = None
+    healed: float | None = None
+    up_again: float | None = None
+    reason: str = ""
+    leaked: int = 0
+    blocked: int = 0  # packets the client's kill switch dropped meanwhile (its nft counter)
+
+    @property
+    def detect_s(self) -> float | None:
+        return None if self.detected is None else self.detected - self.injected
+
+    @property
+    def recover_s(self) -> float | None:
+        if self.up_again is None or self.healed is None:
+            return None
+        return self.up_again - self.healed
+
+
+class Lab:
+    """``star(1)`` + ``sidecar serve`` + ``sidecar up`` + the leak watch (its app already running).
+
+    The leak counter is checked to count (the app's packets leave the uplink before the client
+    starts), so "0 leaked" later means the kill switch held, not a blind counter.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        server_args: Sequence[str] = (),
+        client_args: Sequence[str] = (),
+        server_patches: Sequence[str] = (),
+        client_patches: Sequence[str] = (),
+        users: Sequence[tuple[str, str, str, str]] = (("alice", "*", "alice secret", "*"),),
+        user: str = "alice",
+        password: str = "alice secret",
+        resolv_conf: str | None = None,
+        leak_watch: bool = True,
+        snapshot: bool = False,
+    ) -> None:
+        self.tmp = tmp
+        self.server_args, self.client_args = list(server_args), list(client_args)
+        self.server_patches, self.client_patches = list(server_patches), list(client_patches)
+        self.users, self.user, self.password = users, user, password
+        self.resolv_text = resolv_conf
+        self.want_leak_watch = leak_watch
+        self.want_snapshot = snapshot
+        self.before_addrs: list[str] = []
+        self.before_routes: list[str] = []
+        self._stack = contextlib.ExitStack()
+        self.servers = 0
+
+    def __enter__(self) -> Lab:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        from tests.netns.serve_helpers import star, write_secrets
+
+        self.topo = self._stack.enter_context(star(1))
+        self.server_ns, self.client_ns = self.topo.server, self.topo.clients[0]
+        self.server_ip, self.client_ip = self.topo.server_ips[0], self.topo.client_ips[0]
+        self.uplink = ifname_of(self.server_ns, self.server_ip)
+        self.secrets = write_secrets(self.tmp / "chap-secrets", list(self.users))
+        self.resolv: Path | None = None
+        if self.resolv_text is not None:
+            self.resolv = self._stack.enter_context(netns_resolv_conf(self.client_ns, self.resolv_text))
+        self.leaks: LeakWatch | None = None
+        if self.want_leak_watch:
+            self.leaks = LeakWatch(self.server_ns, self.uplink)
+            self.leaks.start_app(self.client_ns)
+            self._stack.callback(self.leaks.stop_app)
+            leaks = self.leaks
+            wait_until(lambda: leaks.leaked() > 0, 5, "the leak counter to count the app's packets")
+        self.server = self.start_server()
+        if self.want_snapshot:
+            self.before_addrs = self.client_ns.addr_snapshot()
+            self.before_routes = self.client_ns.route_snapshot()
+        self.client = start_client(self.client_ns, self.tmp, server=self.server_ip, user=self.user,
+                                   password=self.password, args=self.client_args,
+                                   patches=self.client_patches)  # fmt: skip
+        self._stack.callback(self._stop_client)
+        wait_up(self.client)
+
+    def start_server(self) -> Sidecar:
+        self.servers += 1
+        server = start_server(self.server_ns, self.tmp, secrets=self.secrets, args=self.server_args,
+                              patches=self.server_patches, name=f"server{self.servers}")  # fmt: skip
+        self._stack.callback(self._stop_server, server)
+        return server
+
+    def _stop_server(self, server: Sidecar) -> None:
+        if server.popen.poll() is None:
+            server.stop()
+
+    def _stop_client(self) -> None:
+        if self.client.popen.poll() is None:
+            self.client.stop()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def leaked(self) -> int:
+        return self.leaks.leaked() if self.leaks is not None else 0
+
+    def outage(
+        self,
+        fault: str,
+        inject: Callable[[], None],
+        heal: Callable[[], None],
+        *,
+        hold: float = 1.0,
+        detect_timeout: float = 15.0,
+        recover_timeout: float = 20.0,
+    ) -> Outage:
+        """Inject, wait until the client says the session ended, keep the fault ``hold`` more
+        seconds (the app keeps trying to reach the outside meanwhile), heal, wait until up again."""
+        leaked_before, blocked_before = self.leaked(), kill_switch_blocked(self.client_ns)
+        o = Outage(fault, injected=time.time())
+        inject()
+        o.detected = self.client.wait_line("session ended:", o.injected, detect_timeout)
+        for t, line in self.client.lines():
+            if t >= o.detected - 0.001 and "session ended:" in line:
+                o.reason = line.split("session ended:", 1)[1].strip()
+                break
+        time.sleep(hold)
+        o.healed = time.time()
+        heal()
+        o.up_again = self.client.wait_line("tunnel up on", o.healed, recover_timeout)
+        o.blocked = kill_switch_blocked(self.client_ns) - blocked_before
+        o.leaked = self.leaked() - leaked_before
+        return o
+
+
+TRANSFER_SERVER = r"""
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[2]))
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[3]))); s.listen(1)
+sys.stdout.write(hashlib.sha256(data).hexdigest() + "\n"); sys.stdout.flush()
+c, _ = s.accept(); c.sendall(data); c.close()
+"""
+TRANSFER_CLIENT = r"""
+import hashlib, socket, sys, time
+t = time.monotonic()
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+h = hashlib.sha256(); n = 0
+while True:
+    b = s.recv(65536)
+    if not b: break
+    h.update(b); n += len(b)
+print(h.hexdigest(), n, round(time.monotonic() - t, 3))
+"""
+
+
+def transfer(lab: Lab, size: int, port: int = 5001, timeout: float = 60.0) -> tuple[bool, int, float]:
+    """``size`` random bytes server -> client over TCP through the tunnel: (intact, bytes, seconds)."""
+    sender = lab.server_ns.popen([sys.executable, "-c", TRANSFER_SERVER, str(SERVER_TUN_IP), str(size),
+                                  str(port)], stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert sender.stdout is not None
+        expected = sender.stdout.readline().decode().strip()
+        out = lab.client_ns.run([sys.executable, "-c", TRANSFER_CLIENT, str(SERVER_TUN_IP), str(port)],
+                                timeout=timeout).stdout.split()  # fmt: skip
+        return out[0] == expected, int(out[1]), float(out[2])
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+        sender.wait(5)
