@@ -24,16 +24,7 @@ class KnownBug:
     summary: str
 
 
-KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        key="pptp_event_text_is_utf8",
-        exception="InvariantError",
-        message_parts=("text is not encodable as UTF-8", "surrogates not allowed"),
-        where="sidecar/proto/pptp/control.py _act_peer_disconnected (and messages.py _decode_string)",
-        summary="strings decoded with surrogateescape reach event reasons (Call-Disconnect-Notify call"
-        " statistics in CallCleared): the text is not valid UTF-8",
-    ),
-)
+KNOWN_BUGS: tuple[KnownBug, ...] = ()
 
 
 def match(exc: BaseException) -> KnownBug | None:

@@ -37,13 +37,6 @@ CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
 # -- open bugs ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: since c2108a6 sidecar/proto/pptp/messages.py _decode_string keeps undecodable bytes as"
-    " lone surrogates (surrogateescape); control.py _act_peer_disconnected puts call_statistics into"
-    " the CallCleared reason as is, so the event text cannot be encoded as UTF-8 (a log line or status"
-    " page written with errors='strict' raises UnicodeEncodeError)",
-)
 def test_pptp_event_text_is_utf8() -> None:
     pipe = t_pptp._Pipe(Role.CLIENT, ControlConfig(), seed=3)
     pipe.prelude(3, refuse=False)  # control connection and call established

@@ -90,6 +90,7 @@ from sidecar.proto.pptp.messages import (
     StopControlConnectionRequest,
     StreamDecoder,
     WanErrorNotify,
+    display_text,
     encode_message,
 )
 
@@ -838,7 +839,7 @@ class ControlConnection:
         if msg.cause_code:
             why += f" (cause code {msg.cause_code})"
         if msg.call_statistics:
-            why += f"; call statistics: {msg.call_statistics}"
+            why += f"; call statistics: {display_text(msg.call_statistics)}"
         reason = f"server disconnected the call: {why}"
         error = msg.result_code not in (CDN_ADMIN_SHUTDOWN, CDN_REQUEST)
         self._call_ended(reason, by_peer=True)

@@ -464,6 +464,13 @@ def _encode_string(cls: type[Message], name: str, value: object, size: int) -> b
     return raw
 
 
+def display_text(value: str) -> str:
+    """A peer's string made safe for a log line or an event's text: bytes that were not UTF-8
+    (kept by the decoder for an exact round trip) become U+FFFD, control characters become '?'."""
+    text = value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _decode_string(raw: bytes) -> str:
     end = raw.find(b"\0")
     if end >= 0:
