@@ -132,9 +132,16 @@ def spawn(
     http_port: int | None,
     patches: Sequence[str] = (),
     command: Sequence[str] | None = None,
+    repo_on_path: bool = True,
+    cwd: Path = REPO,
 ) -> Sidecar:
-    """Start ``sidecar <argv>`` in ``ns`` (through the patch launcher when ``patches``)."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+    """Start ``sidecar <argv>`` in ``ns`` (through the patch launcher when ``patches``; ``command``
+    replaces ``python -m sidecar``; ``repo_on_path=False`` for an installed copy)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    if repo_on_path:
+        full_env["PYTHONPATH"] = str(REPO)
+    else:
+        full_env.pop("PYTHONPATH", None)
     for key in [k for k in full_env if k.startswith(("PPTP_", "PST_")) and k not in env]:
         del full_env[key]
     if patches:
@@ -144,7 +151,7 @@ def spawn(
         base = [sys.executable, "-m", "sidecar"]
     fh = log.open("wb")
     popen = ns.popen([*(command or base), *argv], stdout=fh, stderr=subprocess.STDOUT, env=full_env,
-                     cwd=str(REPO))  # fmt: skip
+                     cwd=str(cwd))  # fmt: skip
     fh.close()
     return Sidecar(ns, popen, log, name, http_port)
 
