@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-echo "== ruff"; .venv/bin/ruff check sidecar tests bench
-echo "== ruff format"; .venv/bin/ruff format --check sidecar tests bench
-echo "== mypy"; .venv/bin/mypy sidecar
+echo "== ruff"; .venv/bin/ruff check sidecar tests bench fuzz
+echo "== ruff format"; .venv/bin/ruff format --check sidecar tests bench fuzz
+echo "== mypy"; .venv/bin/mypy sidecar fuzz
 echo "== pytest"
 set +e
 .venv/bin/python -m pytest "$@"
