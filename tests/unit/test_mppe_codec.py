@@ -239,6 +239,19 @@ def test_stateless_long_gap_and_late_packets() -> None:
     assert b.decrypt(pkts[2099]) == payload(2099)
 
 
+def test_stateless_forged_far_jump_is_not_committed() -> None:
+    """One forged packet with a count far ahead (random ciphertext) must not move the key: the
+    genuine packets after it still decrypt, and the forgery is counted."""
+    a, b = pair(128, stateful=False)
+    assert b.decrypt(a.encrypt(payload(0))) == payload(0)
+    forged = bytes([0x90 | 0x07, 0xD0]) + hashlib.sha256(b"forged").digest()  # A+D bits, count 2000
+    assert b.decrypt(forged) is None
+    assert b.counters.dropped_implausible == 1
+    for i in range(1, 50):
+        assert b.decrypt(a.encrypt(payload(i))) == payload(i)
+    assert b.counters.dropped_late == 0
+
+
 def test_header_bits_are_checked() -> None:
     a, b = pair(128, stateful=False)
     pkt = bytearray(a.encrypt(payload(0)))

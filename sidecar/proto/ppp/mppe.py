@@ -294,6 +294,10 @@ class _Direction:
         self.rc4 = _rc4(self.session)
 
 
+# A stateless jump up to this far is committed at once (ordinary loss); a farther one is checked.
+_STATELESS_CHECKED_JUMP = 16
+
+
 @dataclass
 class MppeCounters:
     encrypted: int = 0
@@ -311,6 +315,7 @@ class MppeCounters:
     resyncs: int = 0  # stateful: recovered with a flushed packet
     extra_rekeys: int = 0  # stateful: rekeys beyond the RFC count (a flushed packet was lost)
     resync_failed: int = 0  # stateful: a flushed packet that fit no candidate key (dropped)
+    dropped_implausible: int = 0  # stateless: a far jump whose plaintext is not ours (forged?)
 
 
 class MppeCodec:
@@ -405,6 +410,8 @@ class MppeCodec:
             if step == 0 or step > _MAX_STATELESS_GAP:
                 c.dropped_late += 1
                 return None
+            if step > _STATELESS_CHECKED_JUMP:
+                return self._stateless_jump(data, count, step)
             rx.rekey(step)
             c.rx_rekeys += step
             rx.ccount = count
@@ -442,6 +449,31 @@ class MppeCodec:
             rx.ccount = count
         c.decrypted += 1
         return bytes(rx.rc4.update(data[2:]))
+
+    def _stateless_jump(self, data: bytes | memoryview, count: int, step: int) -> bytes | None:
+        """A stateless packet far ahead of the last one (a loss burst, or a forged count).
+
+        Committing the jump unchecked would let one forged packet move the key far ahead, so that
+        the next ~2000 genuine packets drop as late. The key is only taken when the plaintext starts
+        like a packet we carry (``plausible``), as in the stateful resync.
+        """
+        c = self.counters
+        rx = self._rx
+        session = rx.session
+        for _ in range(step):
+            session = rx.following_key(session)
+        rc4 = _rc4(session)
+        head_len = min(len(data) - 2, 3)
+        head = rc4.update(data[2 : 2 + head_len])
+        if not self._plausible(head):
+            c.dropped_implausible += 1
+            return None
+        rx.session = session
+        rx.rc4 = rc4
+        rx.ccount = count
+        c.rx_rekeys += step
+        c.decrypted += 1
+        return head + rc4.update(data[2 + head_len :])
 
     def _resync(self, data: bytes | memoryview, count: int, rekeys: int) -> bytes | None:
         """Find the key of a flushed packet after loss.
