@@ -2,7 +2,7 @@
 
 The probe walks the way a session comes up and prints one line per step, each with a verdict (``ok``,
 ``FAIL`` with the cause and what to do, or ``skip``), then a verdict line, and exits with a code per
-failure class (:class:`ProbeExit`, documented in docs/notes/diagnosis.md):
+failure class (:class:`ProbeExit`, documented in docs/diagnosis.md):
 
  1. DNS          the server name resolves to an IPv4 address
  2. TCP          TCP port 1723 accepts a connection (refused and timed out are told apart)

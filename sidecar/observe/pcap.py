@@ -10,7 +10,7 @@ Format: link type 204 (``LINKTYPE_PPP_WITH_DIR``): one direction byte (0 = recei
 whatever header compression (ACFC/PFC) the link negotiated, so Wireshark and scapy (``DIR_PPP``)
 dissect every record the same way. IP packets appear as PPP protocol 0x0021 (IPv4) / 0x0057 (IPv6).
 
-Privacy (see docs/notes/diagnosis.md): the file holds the decrypted traffic, so it is created
+Privacy (see docs/diagnosis.md): the file holds the decrypted traffic, so it is created
 mode 0600. Authentication frames are masked before they are written: the PAP password always; the
 CHAP / MS-CHAP Response value, the MS-CHAPv2 authenticator response (``S=...``) and MS-CHAP
 change-password packets unless ``keep_auth_hashes`` is set, because those values let anyone holding

@@ -54,9 +54,9 @@ from sidecar.proto.serial import SERIAL_HALF, SERIAL_MASK, serial_add, serial_di
 T = TypeVar("T")
 
 DEFAULT_REORDER_WINDOW: Final = 30
-"""Chosen by bench/reorder_defaults.py (see docs/notes/gre-reorder.md)."""
+"""Chosen by bench/reorder_defaults.py (see docs/gre-reorder.md)."""
 DEFAULT_REORDER_TIMEOUT: Final = 0.1
-"""Seconds; chosen by bench/reorder_defaults.py (see docs/notes/gre-reorder.md)."""
+"""Seconds; chosen by bench/reorder_defaults.py (see docs/gre-reorder.md)."""
 RESYNC_AFTER: Final = 4
 """Consecutive, mutually close far-ahead packets after which the queue jumps to them."""
 FAR_AHEAD_MIN: Final = 32

@@ -21,7 +21,7 @@ until SIGTERM/SIGINT:
 A client's address gets a host route through the TUN device when its link comes up; the route and
 the address go when the client goes (hang-up, keepalive timeout, error). Forwarding between the
 tunnel and the server's networks is the host's business (``net.ipv4.ip_forward=1``, NAT if the
-pool is private): see docs/notes/server.md.
+pool is private): see docs/server.md.
 
 Shutdown (SIGTERM/SIGINT): every client gets LCP Terminate-Request, Call-Disconnect-Notify and
 Stop-Control-Connection-Request (bounded by a grace period), then the TUN device, its routes and

@@ -9,7 +9,7 @@ decodes, one LinkUp/LinkDown, no clear text under MPPE REQUIRE, no password in e
 
 Bugs already reported (``fuzz/known.py``, each with a strict-xfail test) are skipped with
 ``reject()`` so that this suite fails only on new ones. Example counts are moderate; the long runs
-are ``python -m fuzz.run`` (see docs/notes/fuzz.md).
+are ``python -m fuzz.run`` (see docs/fuzz.md).
 """
 
 from __future__ import annotations

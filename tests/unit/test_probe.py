@@ -438,9 +438,9 @@ def test_exit_codes_are_the_documented_ones() -> None:
     expected = {"OK": 0, "ERROR": 1, "CONFIG": 2, "DNS": 10, "TCP": 11, "CONTROL": 12, "CALL": 13, "GRE": 14,
                 "AUTH": 15, "ENCRYPTION": 16, "PPP": 17, "PRIVILEGE": 18}  # fmt: skip
     assert {e.name: int(e) for e in ProbeExit} == expected
-    doc = (Path(__file__).resolve().parents[2] / "docs/notes/diagnosis.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs/diagnosis.md").read_text()
     for code in expected.values():
-        assert f"| {code} |" in doc, f"exit code {code} is not in the table of docs/notes/diagnosis.md"
+        assert f"| {code} |" in doc, f"exit code {code} is not in the table of docs/diagnosis.md"
 
 
 def test_garbage_on_1723_is_a_control_failure_not_a_crash() -> None:

@@ -235,7 +235,7 @@ def _rc4_public(key: bytes) -> CipherContext:
 def _pick_rc4() -> Callable[[bytes], CipherContext]:
     """The cheapest correct way to get a fresh RC4 context from ``cryptography``.
 
-    Stateless MPPE needs two new RC4 contexts per packet, so this matters (docs/notes/perf.md):
+    Stateless MPPE needs two new RC4 contexts per packet, so this matters (docs/perf.md):
     ``Cipher(...).encryptor()`` spends ~0.7 us of its ~2.9 us in Python wrappers (ABC
     ``isinstance`` checks) before it calls the binding that builds the OpenSSL context. We call
     that binding directly when it exists and produces the same key stream as the public API (checked
