@@ -706,6 +706,7 @@ class Lab:
     def _start(self) -> None:
         from tests.netns.serve_helpers import star, write_secrets
 
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.topo = self._stack.enter_context(star(1))
         self.server_ns, self.client_ns = self.topo.server, self.topo.clients[0]
         self.server_ip, self.client_ip = self.topo.server_ips[0], self.topo.client_ips[0]
