@@ -24,6 +24,13 @@ Theory of operation:
   answer cannot hold the session; when the budget is spent, the stack reports :meth:`finished`.
 - :attr:`outcome` is set by the *first* thing that ended the session; later steps of the goodbye do
   not overwrite it.
+- Flow control (RFC 2637 §4.2): the peer's Packet Receive Window Size (from the call setup) bounds
+  the data packets we have in flight; :meth:`send_room` says how many more it takes, the caller
+  reads no more than that before the next ack. A peer that overflows drops what does not fit
+  (pptpd's pptpctrl, a userspace relay, does: its raw socket overflowed and upload TCP collapsed
+  to a few Mbit/s). Lost acks must not stop the tunnel: after :data:`WINDOW_STALL` seconds without
+  one the caller calls :meth:`window_stalled`, which counts what was sent as acknowledged (RFC 2637
+  §4.4: recover from lost acks with a time-out); a peer that never acked anything is not paced.
 
 MTU arithmetic (no fragmentation of GRE, ever) lives here too, see :func:`tunnel_mtu`.
 """
@@ -46,6 +53,7 @@ from sidecar.proto.pptp import (
     ControlConnection,
     Role,
 )
+from sidecar.proto.serial import serial_diff, serial_max
 
 # -- MTU arithmetic ----------------------------------------------------------------------------------
 IP_HEADER = 20  # outer IPv4 header, no options
@@ -54,6 +62,8 @@ PPP_HEADER = 4  # address/control FF 03 (2) + protocol (2), worst case: no ACFC/
 MPPE_OVERHEAD = 4  # MPPE header (2, coherency count) + the inner protocol field (2) under 0x00FD
 MIN_MTU = 576  # below this we refuse to run rather than produce a useless tunnel
 EARLY_GRE_MAX = 16  # GRE packets kept while the call is being established
+WINDOW_STALL = 0.25  # s without an ack while the peer's window is full: take the acks as lost
+NO_WINDOW = 1 << 30  # send_room() when no window applies
 
 
 def max_mru(path_mtu: int) -> int:
@@ -130,6 +140,8 @@ class StackCounters:
     ip_out_dropped: int = 0  # the link refused them (not up, not IPv4/negotiated, MPPE not ready)
     ip_in: int = 0  # IP packets the link delivered
     gre_out: int = 0  # GRE packets produced (data, control frames, acks)
+    window_full: int = 0  # times the peer's receive window was full (the caller waited for an ack)
+    window_stalls: int = 0  # ... and no ack came within WINDOW_STALL (acks lost, or a peer that never acks)
 
 
 class SessionStack:
@@ -163,6 +175,8 @@ class SessionStack:
         self._peer_ip: IPv4Address | None = None
         self._grace_steps = (0.8, 0.5, 0.5)  # LINK, CALL, STOP (seconds), set by close()
         self._early: list[bytes] = []  # GRE that arrived before the call was established
+        self.peer_window = 0  # the peer's Packet Receive Window Size; 0 = not paced
+        self._window_base: int | None = None  # our last sequence number counted as acked after a stall
         # called with the new link before it starts (pcap export, the probe's observers); None = off
         self.on_link: Callable[[Any], None] | None = None
 
@@ -213,6 +227,37 @@ class SessionStack:
         self.counters.ip_out += 1
         self.counters.gre_out += 1
         return [gre.send(frame, now)]
+
+    def send_room(self) -> int:
+        """How many more data packets the peer's receive window takes before the next ack (RFC 2637
+        §4.2); :data:`NO_WINDOW` when none applies. 0: wait for an ack (``window_stalled`` after
+        :data:`WINDOW_STALL`)."""
+        gre = self.gre
+        if gre is None or self.peer_window <= 0:
+            return NO_WINDOW
+        last = gre.last_sent_seq
+        if last is None:
+            return self.peer_window
+        ref = gre.peer_ack
+        if self._window_base is not None:
+            ref = self._window_base if ref is None else serial_max(ref, self._window_base)
+        in_flight = gre.unacked if ref is None else max(0, serial_diff(last, ref))
+        room = self.peer_window - in_flight
+        if room <= 0:
+            self.counters.window_full += 1
+        return room
+
+    def window_stalled(self) -> None:
+        """No ack for :data:`WINDOW_STALL` with the window full: what we sent counts as acked, so
+        lost acks cannot stop the tunnel; a peer that has never acked anything is not paced."""
+        gre = self.gre
+        if gre is None:
+            return
+        self.counters.window_stalls += 1
+        if gre.peer_ack is None:
+            self.peer_window = 0
+        else:
+            self._window_base = gre.last_sent_seq
 
     def gre_to_send(self, now: float) -> list[bytes]:
         """PPP control frames (wrapped in GRE) and anything else queued for the GRE socket."""
@@ -299,6 +344,7 @@ class SessionStack:
                     reorder_timeout=self._reorder_timeout,
                     **kw,
                 )
+                self.peer_window = max(0, int(getattr(ev, "peer_window", 0) or 0))
                 self.link = self._make_link()
                 if self.on_link is not None:
                     self.on_link(self.link)

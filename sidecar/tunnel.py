@@ -12,7 +12,9 @@ Theory of operation - one nursery, these tasks, and cancellation is the only way
 - control writer: sends what the stack queued (woken by an event, so the sync paths can queue too);
 - GRE reader: ``wait_readable`` once, then drain the raw socket until EAGAIN (a batch), each packet
   through GreSession -> PppLink -> TUN write;
-- TUN reader: same, the other way: PppLink.send_ip -> GreSession.send -> GRE socket send;
+- TUN reader: same, the other way: PppLink.send_ip -> GreSession.send -> GRE socket send; it reads
+  no more than the peer's receive window takes (``stack.send_room``) and waits for an ack when it
+  is full (the GRE reader wakes it; ``stack.window_stalled`` after WINDOW_STALL without one);
 - timer: sleeps until the earliest ``next_deadline()`` of the machines; whoever moves a deadline
   earlier wakes it;
 - publisher: copies counters to the board once a second;
@@ -47,7 +49,7 @@ from sidecar.kernel.dns import RESOLV_CONF, ResolvConf
 from sidecar.kernel.gre_socket import GreSocket
 from sidecar.kernel.netconf import NetConf, NetConfError, RouteInfo, UndoJournal
 from sidecar.kernel.tun import TunDevice, TunError
-from sidecar.stack import MIN_MTU, SessionStack, client_stack, tunnel_mtu
+from sidecar.stack import MIN_MTU, WINDOW_STALL, SessionStack, client_stack, tunnel_mtu
 from sidecar.state import State, StatusBoard
 
 log = logging.getLogger("sidecar.tunnel")
@@ -128,6 +130,7 @@ class Session:
         self.failure: str | None = None
         self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
         self._wake = trio.Event()
+        self._acked = trio.Event()
         self._control_dirty = trio.Event()
         self._done = trio.Event()
         self._scheduled = math.inf
@@ -337,6 +340,7 @@ class Session:
                 return
             if not batch:
                 continue
+            self._acked.set()  # acks may have opened the peer's window
             now = trio.current_time()
             for _source, packet in batch:
                 for ip in received(packet, now):
@@ -348,11 +352,19 @@ class Session:
     async def _tun_reader(self) -> None:
         gre, tun, stack = self.gre, self.tun, self.stack
         assert gre is not None and tun is not None and stack is not None
-        send_ip, send = stack.send_ip, gre.send
+        send_ip, send, room_for = stack.send_ip, gre.send, stack.send_room
         while True:
+            room = room_for()
+            if room <= 0:  # the peer's receive window is full: wait for its ack (RFC 2637 §4.2)
+                self._acked = trio.Event()
+                with trio.move_on_after(WINDOW_STALL) as waited:
+                    await self._acked.wait()
+                if waited.cancelled_caught:
+                    stack.window_stalled()
+                continue
             await tun.wait_readable()
             try:
-                packets = tun.read_batch(BATCH)
+                packets = tun.read_batch(min(BATCH, room))
             except OSError as exc:
                 self._kernel_failure(f"TUN device: {exc}")
                 return

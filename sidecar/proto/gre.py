@@ -29,7 +29,9 @@ Theory of operation (:class:`GreSession`)
   accepted since our last ack). An ack-only packet (no S bit, no payload) is sent only by
   :meth:`GreSession.timeout`, when an ack has been owed for ``ack_delay`` seconds (default 10 ms,
   measured from the first unacked arrival, not the latest, so a one-way flow is still acked every
-  ``ack_delay``) and no data packet carried it meanwhile. In a bidirectional flow almost every ack
+  ``ack_delay``) and no data packet carried it meanwhile - or at once when :data:`ACK_EVERY` accepted
+  packets are owed, so a one-way flow from a peer that honours our receive window (RFC 2637 §4.2;
+  we advertise 64) never waits ``ack_delay`` for credit. In a bidirectional flow almost every ack
   rides on data.
 """
 
@@ -59,6 +61,7 @@ VERSION_MASK: Final = 0x07
 BASE_HEADER_LEN: Final = 8
 MAX_PAYLOAD: Final = 0xFFFF
 DEFAULT_ACK_DELAY: Final = 0.010
+ACK_EVERY: Final = 16  # ack-only at once after this many unacked packets (a quarter of a 64 window)
 
 _BASE: Final = struct.Struct("!BBHHH")
 _U32: Final = struct.Struct("!I")
@@ -232,6 +235,7 @@ class GreSession:
         self._sent_any = False
         self._rx_highest: int | None = None  # highest accepted peer sequence number
         self._ack_owed_since: float | None = None  # first unacked arrival, None = nothing owed
+        self._owed = 0  # packets accepted since our last ack
         self.peer_ack: int | None = None  # highest of our numbers the peer acked
 
     # -- flow info -----------------------------------------------------------------------------
@@ -287,6 +291,9 @@ class GreSession:
                 self._rx_highest = seq
                 if self._ack_owed_since is None:
                     self._ack_owed_since = now
+                self._owed += 1
+                if self._owed >= ACK_EVERY:
+                    self._ack_owed_since = now - self.ack_delay  # due now: timeout() sends it
         if b"" in out:
             out = [f for f in out if f]
         return out
@@ -304,6 +311,7 @@ class GreSession:
         c.tx_bytes += n
         if self._ack_owed_since is not None:
             self._ack_owed_since = None
+            self._owed = 0
             return _HDR_SA.pack(
                 _B0_DATA, _B1_ACK, GRE_PROTOCOL_PPP, n, self.peer_call_id, seq, self._rx_highest
             ) + bytes(ppp_frame)
@@ -321,6 +329,7 @@ class GreSession:
         if since is not None and now >= since + self.ack_delay:
             assert self._rx_highest is not None
             self._ack_owed_since = None
+            self._owed = 0
             packets.append(encode_packet(self.peer_call_id, b"", None, self._rx_highest))
             self.counters.tx_packets += 1
             self.counters.tx_ack_only += 1

@@ -298,3 +298,27 @@ def test_one_way_flow_is_still_acked_every_ack_delay() -> None:
     assert 60 <= b.counters.tx_ack_only <= 110
     assert a.peer_ack is not None
     assert serial_diff(a.last_sent_seq or 0, a.peer_ack) < 50
+
+
+def test_a_one_way_flow_is_acked_every_ack_every_packets_not_only_after_the_delay() -> None:
+    # A peer that honours our receive window (64, RFC 2637 §4.2) would otherwise get credit only
+    # every ack_delay: 64 packets per 10 ms. Found against pptpd (see tests/interop).
+    from sidecar.proto.gre import ACK_EVERY
+
+    s = session(ack_delay=0.010)
+    now = 5.0
+    for seq in range(ACK_EVERY - 1):
+        s.receive(data(seq), now)
+    assert s.next_deadline() == pytest.approx(now + 0.010)
+    assert s.timeout(now)[1] == []
+    s.receive(data(ACK_EVERY - 1), now)
+    deadline = s.next_deadline()
+    assert deadline is not None and deadline <= now
+    (ack,) = s.timeout(now)[1]
+    header, payload = decode_header(ack)
+    assert (header.seq, header.ack, bytes(payload)) == (None, ACK_EVERY - 1, b"")
+    parsed = GRE_PPTP(ack)  # scapy agrees: ack-only, acknowledging the last packet
+    assert parsed.seqnum_present == 0 and parsed.ack_number == ACK_EVERY - 1
+    for seq in range(ACK_EVERY, 2 * ACK_EVERY - 1):  # the count starts over after an ack
+        s.receive(data(seq), now)
+    assert s.timeout(now)[1] == []

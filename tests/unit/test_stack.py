@@ -295,3 +295,61 @@ def test_goodbye_without_terminate_ack_clears_the_call_after_the_link_grace() ->
         client.timeout(t)
         client.control_to_send()
     assert t - now <= 1.5 + 1e-9
+
+
+# -- flow control: the peer's receive window (RFC 2637 §4.2) -----------------------------------------
+def _send_data(p: Pair, n: int) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(n):
+        out += p.client.send_ip(b"\x45" + i.to_bytes(2, "big"), p.now)
+    return out
+
+
+def test_send_room_follows_the_peer_window_and_its_acks() -> None:
+    from sidecar.stack import NO_WINDOW
+
+    p = Pair()
+    assert p.client.send_room() == NO_WINDOW  # no call yet
+    p.up()
+    window = p.server.control.config.window  # what the server advertised in its Outgoing-Call-Reply
+    assert p.client.peer_window == window == 64
+    base = p.client.send_room()
+    assert 0 < base <= window  # the handshake's own GRE packets may still be unacked
+    sent = _send_data(p, base)
+    assert p.client.send_room() == 0, "window full: the caller must wait"
+    assert p.client.counters.window_full == 1
+    for packet in sent:  # the server takes them and acks (ack delay 0 here)
+        p.server.gre_received(packet, p.now)
+    _, acks = p.server.timeout(p.now)
+    for packet in acks:
+        p.client.gre_received(packet, p.now)
+    assert p.client.send_room() == window
+
+
+def test_window_stall_counts_what_was_sent_as_acked() -> None:
+    p = Pair()
+    p.up()
+    for packet in _send_data(p, 1):  # one exchange so the peer has acked something
+        p.server.gre_received(packet, p.now)
+    _, acks = p.server.timeout(p.now)
+    for packet in acks:
+        p.client.gre_received(packet, p.now)
+    assert p.client.gre is not None and p.client.gre.peer_ack is not None
+    _send_data(p, p.client.send_room())  # these acks get lost
+    assert p.client.send_room() == 0
+    p.client.window_stalled()
+    assert p.client.counters.window_stalls == 1
+    assert p.client.send_room() == p.client.peer_window, "a full window again, the tunnel goes on"
+
+
+def test_a_peer_that_never_acks_is_not_paced() -> None:
+    from sidecar.stack import NO_WINDOW
+
+    p = Pair()
+    p.up()
+    assert p.client.gre is not None
+    p.client.gre.peer_ack = None  # as if the server had never acknowledged anything
+    _send_data(p, p.client.send_room())
+    assert p.client.send_room() == 0
+    p.client.window_stalled()
+    assert p.client.peer_window == 0 and p.client.send_room() == NO_WINDOW
