@@ -46,7 +46,7 @@ import trio
 
 from sidecar.kernel.control import ControlConnectError, connect_control
 from sidecar.kernel.dns import RESOLV_CONF, ResolvConf
-from sidecar.kernel.gre_socket import GreSocket
+from sidecar.kernel.gre_socket import GreSocket, GreSocketError
 from sidecar.kernel.netconf import NetConf, NetConfError, RouteInfo, UndoJournal
 from sidecar.kernel.tun import TunDevice, TunError
 from sidecar.stack import MIN_MTU, WINDOW_STALL, SessionStack, client_stack, tunnel_mtu
@@ -153,7 +153,7 @@ class Session:
                 await self._run_tasks(stop)
         except ControlConnectError as exc:
             self.failure = str(exc)
-        except (NetConfError, TunError) as exc:
+        except (NetConfError, TunError, GreSocketError) as exc:
             if _permanent(exc):
                 self._teardown()
                 raise SessionSetupError(str(exc)) from exc

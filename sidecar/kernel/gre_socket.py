@@ -61,6 +61,13 @@ class GreSocketCounters:
         return asdict(self)
 
 
+class GreSocketError(OSError):
+    """The raw GRE socket cannot be opened; ``strerror`` names the cause and the fix."""
+
+    def __str__(self) -> str:
+        return f"cannot open the raw GRE socket: {self.strerror}"
+
+
 class GreSocket:
     """A non-blocking raw GRE socket. ``remote`` = the server (client role) or None (server role)."""
 
@@ -79,7 +86,12 @@ class GreSocket:
         self._sources: dict[bytes, IPv4Address] = {}
         if remote is not None:
             self._sources[remote.packed] = remote
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_GRE)
+        except PermissionError as exc:  # EPERM: raw sockets need CAP_NET_RAW
+            raise GreSocketError(
+                exc.errno, f"{exc.strerror}; needs CAP_NET_RAW (container: --cap-add NET_RAW)"
+            ) from exc
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)

@@ -151,16 +151,7 @@ def test_installed_wheel_as_nobody_with_net_admin_and_net_raw(install: Install, 
     [
         ((), (), "CAP_NET_ADMIN"),  # the kill switch (nft) is first
         ((), ("--no-kill-switch",), "CAP_NET_ADMIN"),  # then the TUN device
-        pytest.param(
-            ("net_admin",),
-            (),
-            "CAP_NET_RAW",  # the raw GRE socket
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="GreSocket's EPERM is not a setup error: "
-                "'unexpected error' with a traceback, no capability named",
-            ),
-        ),
+        (("net_admin",), (), "CAP_NET_RAW"),  # the raw GRE socket
     ],
     ids=["nothing", "nothing-no-kill-switch", "net_admin-only"],
 )
