@@ -182,13 +182,15 @@ def sigterm_row(tmp: Path, runs: int) -> list[str]:
             code = lab.client.popen.wait(10)
             times.append(time.monotonic() - t0)
             time.sleep(0.1)
-            captured = [c for c in sniffer.stop() if not c.outgoing]
-            types = fl.pptp_control_types(captured)
-            seen.append(5 in fl.lcp_codes(captured) and 12 in types and 3 in types and code == 0)
+            captured = sniffer.stop()
+            incoming = [c for c in captured if not c.outgoing]
+            types = fl.pptp_control_types(incoming)
+            cleared = 12 in types or 13 in fl.pptp_control_types([c for c in captured if c.outgoing])
+            seen.append(5 in fl.lcp_codes(incoming) and cleared and (3 in types or 4 in types) and code == 0)
     return [
         "SIGTERM: exit time (s)",
         _stat(times),
-        f"goodbye on the wire (LCP TermReq, CCRQ, StopCCRQ) and exit 0: {sum(seen)}/{len(seen)}",
+        f"LCP TermReq, call cleared (CCRQ or the server's CDN), Stop, exit 0: {sum(seen)}/{len(seen)}",
     ]
 
 
