@@ -496,7 +496,8 @@ class Session:
         elif kind == "AuthFailed":
             reason = getattr(ev, "reason", "authentication failed")
             if getattr(ev, "bad_credentials", False):
-                log.error("authentication failed: %s (check the user name and password)", reason)
+                hint = "" if "user name" in reason else " (check the user name and password)"
+                log.error("authentication failed: %s%s", reason, hint)
             else:
                 log.warning("authentication failed: %s", reason)
             board.record_auth_failure(reason)

@@ -635,9 +635,10 @@ class PppLink:
             self._keys = result.keys
             self._enter_network(now)
         else:
-            self._events.append(AuthFailed(result.reason, result.bad_credentials))
+            detail = result.reason.removeprefix("authentication failed: ")  # said once, below
+            self._events.append(AuthFailed(detail, result.bad_credentials))
             self._go_down(
-                now, f"{result.method.label} authentication failed: {result.reason}", result.bad_credentials
+                now, f"{result.method.label} authentication failed: {detail}", result.bad_credentials
             )
 
     # -- the network phase ------------------------------------------------------------------------------
