@@ -7,14 +7,15 @@ Run (root; needs iperf3):
     .venv/bin/python bench/soak.py                   # 3 minutes
     .venv/bin/python bench/soak.py --minutes 10 --reconnect-every 60
 
-Every interval (``--interval`` s, default 10): an iperf3 TCP stream (alternately client -> server and
-server -> client, ``-R``) and, at the same time, an iperf3 UDP stream at ``--udp-rate`` from the
-client; one line with TCP Mbit/s, UDP delivered Mbit/s and loss, the client's reorder counters, the
-reconnect count and both RSS figures. The server reorders 20 % of its data packets
-(``--test-reorder 0.2``). Every ``--reconnect-every`` seconds the control connection is reset (an
-nft ``reject with tcp reset`` in the server namespace for one second): the client notices, the
-kill switch holds, it reconnects; the server process stays the same, so its RSS is comparable from
-start to end. An interval cut by a reconnect shows the iperf3 error instead of figures.
+Every interval (``--interval`` s, default 10; fresh one-shot iperf3 servers each time): an iperf3
+TCP stream (alternately client -> server and server -> client, ``-R``) and, at the same time, an
+iperf3 UDP stream at ``--udp-rate`` from the client; one line with TCP Mbit/s, UDP delivered Mbit/s
+and loss, the client's reorder counters, the reconnect count and both RSS figures. The server
+reorders 20 % of its data packets (``--test-reorder 0.2``). Every ``--reconnect-every`` seconds the
+control connection is reset (an nft ``reject with tcp reset`` in the server namespace for one
+second): the client notices, the kill switch holds, it reconnects; the server process stays the
+same, so its RSS is comparable from start to end. An interval cut by a reconnect shows the iperf3
+error instead of figures.
 
 Topology and processes come from ``tests/netns/faultlib.py``; everything is removed at the end, also
 on Ctrl-C / SIGTERM.
@@ -71,6 +72,18 @@ def iperf(lab: fl.Lab, args: list[str], seconds: float) -> dict[str, Any] | str:
     return data
 
 
+def start_iperf_servers(lab: fl.Lab) -> list[subprocess.Popen[bytes]]:
+    procs = [lab.server_ns.popen(["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for port in (TCP_PORT, UDP_PORT)]  # fmt: skip
+
+    def listening() -> bool:
+        out = lab.server_ns.run(["ss", "-Hltn"], check=False).stdout
+        return f":{TCP_PORT} " in out and f":{UDP_PORT} " in out
+
+    fl.wait_until(listening, 5, "iperf3 servers listening")
+    return procs
+
+
 def tcp_mbps(result: dict[str, Any] | str) -> float | None:
     if isinstance(result, str):
         return None
@@ -107,10 +120,6 @@ def main() -> int:
     rows: list[tuple[float, float | None, tuple[float, float] | None]] = []
     try:
         with fl.Lab(tmp, server_args=server_args, client_args=client_args) as lab:
-            for port in (TCP_PORT, UDP_PORT):
-                lab.server_ns.popen(["iperf3", "-s", "-p", str(port)], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip
-            time.sleep(0.5)
             client_pid, server_pid = lab.client.pid(), lab.server.pid()
             rss0 = (fl.rss_kb(client_pid), fl.rss_kb(server_pid))
             cpu0 = (fl.cpu_seconds(client_pid), fl.cpu_seconds(server_pid))
@@ -134,6 +143,8 @@ def main() -> int:
                     forced += 1
                 reverse = n % 2 == 1
                 n += 1
+                began = time.monotonic()
+                servers = start_iperf_servers(lab)
                 out: dict[str, Any] = {}
                 udp_args = ["-p", str(UDP_PORT), "-u", "-b", args.udp_rate, "-l", "1200"]
 
@@ -144,6 +155,10 @@ def main() -> int:
                 udp.start()
                 tcp = iperf(lab, ["-p", str(TCP_PORT), *(["-R"] if reverse else [])], args.interval)
                 udp.join(args.interval + 20)
+                for proc in servers:  # one-shot servers: a broken test cannot block the next interval
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait(5)
                 t = time.monotonic() - start
                 status = fl.status_of(lab.client)
                 c = status.get("counters", {})
@@ -157,6 +172,9 @@ def main() -> int:
                       f"{status.get('reconnects', '?'):>6} "
                       f"{fl.rss_kb(client_pid) / 1024:5.1f}/{fl.rss_kb(server_pid) / 1024:<5.1f}{note}",
                       flush=True)  # fmt: skip
+                rest = args.interval - (time.monotonic() - began)
+                if rest > 0:  # an interval cut short (a reconnect) still lasts an interval: no spinning
+                    time.sleep(rest)
             rss1 = (fl.rss_kb(client_pid), fl.rss_kb(server_pid))
             cpu1 = (fl.cpu_seconds(client_pid), fl.cpu_seconds(server_pid))
             leaked = lab.leaked() - leaked0
