@@ -42,8 +42,9 @@ def target_mppe(data: bytes) -> None:
             pkt = r.blob()
             clean = clean and len(pkt) < 3  # short packets are dropped before touching state
             deliver(pkt, None)
-        elif op == 1:  # a genuine packet
-            plain = b"\x00\x21" + r.blob()
+        elif op == 1:  # a genuine packet: an IPv4 frame, as the link sends (a far stateless jump is
+            # only taken when the plaintext starts like one: MppeCodec._stateless_jump)
+            plain = b"\x00\x21\x45" + r.blob()
             deliver(tx.encrypt(plain), plain)
         elif op == 2:  # lost packets
             for _ in range(1 + r.u8() % 8):
@@ -58,7 +59,7 @@ def target_mppe(data: bytes) -> None:
         elif op == 4:  # the peer was asked to flush
             tx.reset_requested()
         elif op == 5:  # hold one back (reordering)
-            plain = b"\x00\x57" + r.blob()
+            plain = b"\x00\x57\x60" + r.blob()
             held.append((tx.encrypt(plain), plain))
             clean = clean and not stateful
         elif op == 6:  # release held packets (late)
