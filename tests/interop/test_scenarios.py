@@ -11,7 +11,7 @@ Determinism: every wait polls a condition with a generous bound (no fixed sleeps
 settle"); time-based assertions (no tight retry loop, goodbye within 2 s) have margins of several
 times what a loaded CI machine needs. One VM serves the whole module (the ``pptpd`` fixture resets it
 per test). Figures (per-test time, throughput) are printed at the end and kept in
-docs/notes/interop-scenarios.md.
+docs/interop-scenarios.md.
 """
 
 from __future__ import annotations
