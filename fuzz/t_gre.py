@@ -62,7 +62,8 @@ class _GreWatch:
         check(s.counters.reorder is s.reorder.counters, "GreCounters.reorder is not the queue's counters")
         check(s.unacked >= 0, f"unacked = {s.unacked} is negative")
         c = s.reorder.counters
-        check(c.buffered == c.from_buffer + len(s.reorder), f"reorder counters inconsistent: {c}")
+        held = len(s.reorder)
+        check(c.buffered == c.from_buffer + c.discarded + held, f"reorder counters inconsistent: {c}")
 
 
 def target_gre_session(data: bytes) -> None:
@@ -114,7 +115,8 @@ def target_gre_session(data: bytes) -> None:
 
 def target_reorder(data: bytes) -> None:
     """ReorderQueue.push/timeout/flush with arbitrary sequence numbers: at most ``window`` items held,
-    every push counted exactly once, delivery strictly in sequence order, no item delivered twice."""
+    every push counted exactly once, delivery strictly in sequence order (restarting when an unconfirmed
+    far jump is undone: ``reverted``), no item delivered twice."""
     r = Reader(data)
     window = r.u8() % 70
     timeout = (r.u8() % 20) / 100.0
@@ -144,7 +146,11 @@ def target_reorder(data: bytes) -> None:
             seq = (seq + step) & SERIAL_MASK
             ids += 1
             pushed += 1
-            deliver(q.push(seq, seq | (ids << 32), now))
+            reverted = q.counters.reverted
+            got = q.push(seq, seq | (ids << 32), now)
+            if q.counters.reverted != reverted:
+                delivered.clear()  # went back to the stream it had jumped away from: order restarts
+            deliver(got)
         elif op == 5:
             now += r.u8() / 100.0
             deliver(q.timeout(now))
@@ -164,7 +170,10 @@ def target_reorder(data: bytes) -> None:
             c.in_order + c.buffered + c.late + c.duplicate + c.over_window == pushed,
             f"{pushed} pushes but counters say {c}",
         )
-        check(c.buffered == c.from_buffer + len(q), f"buffered != from_buffer + len(queue): {c}, {len(q)}")
+        check(
+            c.buffered == c.from_buffer + c.discarded + len(q),
+            f"buffered != from_buffer + discarded + len(queue): {c}, {len(q)}",
+        )
         check(len(q) == 0 or q.next_deadline() is not None, "items buffered but no deadline to release them")
 
 

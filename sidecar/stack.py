@@ -211,7 +211,11 @@ class SessionStack:
         out: list[bytes] = []
         for frame in gre.receive(packet, now):
             out += link.receive(frame, now)
-        self.counters.ip_in += len(out)
+        if out:
+            # PPP (and MPPE, which a blind spoofer cannot satisfy) took a packet: a far jump of the
+            # GRE sequence before it is real, not a spoofed burst (reorder.py, "unconfirmed").
+            gre.reorder.confirm()
+            self.counters.ip_in += len(out)
         return out
 
     def send_ip(self, packet: bytes, now: float) -> list[bytes]:

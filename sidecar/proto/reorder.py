@@ -21,7 +21,11 @@ packet at forward distance ``d = seq - expected``:
   of loss longer than ``far``) is recognised when :data:`RESYNC_AFTER` consecutive far-ahead packets
   are each close (within ``far``) to the previous one: the queue then gives up everything in front of
   the newest one (buffered packets are delivered first, in order; the missing ones count as ``lost``)
-  and continues from it.
+  and continues from it. Such a jump stays *unconfirmed* until the layer above accepts a packet
+  after it (:meth:`ReorderQueue.confirm`: the stack calls it when PPP/MPPE delivered an IP packet,
+  which a blind spoofer cannot produce under MPPE). While unconfirmed, a packet of the stream we
+  jumped away from (near the old expected number) takes the queue back there (``reverted``): four
+  spoofed far-ahead packets cost a glitch, not the tunnel.
 * ``d < 0``: dropped. It is ``late`` when it is one we already gave up on (remembered for the last
   :data:`LOST_HISTORY` give-ups), otherwise ``duplicate`` (we already delivered it).
 
@@ -76,6 +80,8 @@ class ReorderCounters:
     lost: int = 0
     timeouts: int = 0
     overflows: int = 0
+    reverted: int = 0  # unconfirmed far jumps undone because the old stream went on (spoofing?)
+    discarded: int = 0  # buffered packets of an undone jump's numbering, dropped
 
 
 class ReorderQueue(Generic[T]):
@@ -88,6 +94,7 @@ class ReorderQueue(Generic[T]):
         "_far",
         "_gap_since",
         "_lost_ranges",
+        "_pre_jump",
         "_resync_count",
         "_resync_last",
         "counters",
@@ -111,6 +118,7 @@ class ReorderQueue(Generic[T]):
         self._lost_ranges: deque[tuple[int, int]] = deque(maxlen=LOST_HISTORY)
         self._resync_last: int = 0
         self._resync_count: int = 0
+        self._pre_jump: int | None = None  # expected number before an unconfirmed far jump
 
     # -- introspection -------------------------------------------------------------------------
     @property
@@ -143,6 +151,19 @@ class ReorderQueue(Generic[T]):
             return [item]
         out: list[T]
         if d < 0:
+            pre = self._pre_jump
+            if pre is not None and -self.window <= serial_diff(seq, pre) <= self._far:
+                # The stream we jumped away from goes on and nothing confirmed the jump: it was a
+                # spoofed or stray burst. Go back; what waits behind the burst's numbers is dropped.
+                self._pre_jump = None
+                self._resync_count = 0
+                self.counters.reverted += 1
+                self.counters.discarded += len(self._buf)  # numbered by the burst: dropped
+                self._buf.clear()
+                self._arrival.clear()
+                self._gap_since = None
+                self._expected = pre
+                return self.push(seq, item, now)
             self._drop_old(seq)
             out = []
         elif d == 0:
@@ -152,9 +173,11 @@ class ReorderQueue(Generic[T]):
             out = [item]
             self._drain(out)
         elif self.window == 0:
-            if d > self._far and not self._resync(seq):
-                self.counters.over_window += 1
-                return []
+            if d > self._far:
+                if not self._resync(seq):
+                    self.counters.over_window += 1
+                    return []
+                self._pre_jump = expected  # until the layer above confirms the new stream
             self._resync_count = 0
             self._skip(expected, d)
             self.counters.in_order += 1
@@ -190,6 +213,7 @@ class ReorderQueue(Generic[T]):
         elif self._resync(seq):
             # A genuine jump: deliver what waits (it is older), skip to this packet.
             out = []
+            self._pre_jump = expected  # until the layer above confirms the new stream
             self._flush_all(out)
             assert self._expected is not None
             self._skip(self._expected, serial_diff(seq, self._expected))
@@ -203,6 +227,11 @@ class ReorderQueue(Generic[T]):
         if self._gap_since is not None and now >= self._gap_since + self.timeout_s:
             self._expire(now, out)
         return out
+
+    def confirm(self) -> None:
+        """The layer above accepted a packet (e.g. MPPE decrypted it): the current numbering is real,
+        a far jump made before this stands."""
+        self._pre_jump = None
 
     def timeout(self, now: float) -> list[T]:
         """Give up every gap whose oldest waiting packet has waited ``timeout``; returns deliveries."""

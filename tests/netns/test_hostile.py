@@ -285,14 +285,8 @@ def test_replayed_packets_are_dropped_as_duplicates(tunnel: Tunnel) -> None:
     assert fl.ping(t.topo.clients[0], SERVER_TUN_IP, 3) == 3
 
 
-# Keep this one last: while it fails, the tunnel it breaks stays broken until the LCP keepalive
-# notices (measured: ~40 s with the default 10 s x 3).
-@pytest.mark.xfail(
-    strict=True,
-    reason="reorder.py resynchronises to any RESYNC_AFTER (4) consecutive far-ahead packets: four spoofed "
-    "GRE packets with the call ID (brute force: 4 x 65536) drop all real traffic as duplicates until the "
-    "LCP echo fails; the jump is not confirmed by the PPP/MPPE layer",
-)
+# Four spoofed far-ahead packets with the call ID made the reorder queue jump; the jump now stays
+# unconfirmed until PPP/MPPE accepts a packet after it, and the old stream takes the queue back.
 def test_four_spoofed_far_ahead_packets_do_not_stop_the_tunnel(tunnel: Tunnel) -> None:
     t = tunnel
     assert fl.ping(t.topo.clients[0], SERVER_TUN_IP, 2) == 2

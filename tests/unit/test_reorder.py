@@ -297,9 +297,12 @@ def test_random_stream_invariants(
     cursor = start
     pushes = 0
     pushed: set[int] = set()
-    delivered: list[int] = []
+    delivered: list[int] = []  # since the start, or since the queue went back to an old stream
+    total = 0  # every delivery
+    went_back = False  # an unconfirmed far jump was undone (no confirm() here: the PPP layer's job)
     for kind, off, dt in steps:
         now += dt
+        reverted_before = q.counters.reverted
         if kind == "timeout":
             got = q.timeout(now)
             dl = q.next_deadline()
@@ -312,17 +315,21 @@ def test_random_stream_invariants(
             got = q.push(seq, seq, now)
             if kind == "push" and off >= 0:
                 cursor = serial_add(cursor, 1)
+        if q.counters.reverted != reverted_before:
+            went_back = True
+            delivered.clear()  # ordering is judged again from the old stream on
         for s in got:
             assert s in pushed
             if delivered:
                 assert serial_diff(s, delivered[-1]) > 0, "out-of-order or duplicate delivery"
             delivered.append(s)
+        total += len(got)
         assert len(q) <= window
         c = q.counters
         assert push_total(q) == pushes
-        assert c.buffered == c.from_buffer + len(q)
-        assert c.in_order + c.from_buffer == len(delivered)
-        if delivered:
+        assert c.buffered == c.from_buffer + c.discarded + len(q)
+        assert c.in_order + c.from_buffer == total
+        if delivered and not went_back:
             # every number from the first one up to expected - 1 was delivered or counted lost
             assert q.expected is not None
             assert c.lost + len(delivered) == serial_diff(q.expected, delivered[0])
@@ -333,8 +340,8 @@ def test_random_stream_invariants(
         assert not delivered or serial_diff(s, delivered[-1]) > 0
         delivered.append(s)
     c = q.counters
-    assert c.in_order + c.from_buffer == len(delivered)
-    if delivered:
+    assert c.in_order + c.from_buffer == total + len(final)
+    if delivered and not went_back:
         assert c.lost == serial_diff(delivered[-1], delivered[0]) + 1 - len(delivered)
 
 
@@ -365,4 +372,30 @@ def test_counters_are_a_dataclass_for_metrics() -> None:
         "lost",
         "timeouts",
         "overflows",
+        "reverted",
+        "discarded",
     }
+
+
+def test_unconfirmed_far_jump_is_undone_when_the_old_stream_goes_on() -> None:
+    """Four spoofed packets far ahead make the queue jump; the next genuine packet of the old stream
+    takes it back (nothing confirmed the jump), and the stream carries on in order."""
+    q = primed(30, 0.1, 100)
+    spoofed = [1_000_000 + i for i in range(4)]
+    got = [x for s in spoofed for x in q.push(s, s, 0.0)]
+    assert got == [spoofed[-1]]  # the jump happened (the fourth is delivered: PPP/MPPE drops it)
+    real = [q.push(s, s, 0.0) for s in range(100, 110)]
+    assert real == [[s] for s in range(100, 110)]  # no real packet lost
+    assert q.counters.reverted == 1
+
+
+def test_confirmed_far_jump_stands() -> None:
+    """After a genuine jump (a long loss burst) the layer above confirms the new stream: a straggler
+    of the old one is then only late, not a reason to go back."""
+    q = primed(30, 0.1, 100)
+    for s in range(5000, 5004):
+        q.push(s, s, 0.0)
+    q.confirm()
+    assert q.push(101, 101, 0.0) == []
+    assert q.push(5004, 5004, 0.0) == [5004]
+    assert q.counters.reverted == 0
