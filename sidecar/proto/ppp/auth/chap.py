@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import random
 from dataclasses import dataclass
 from typing import Final
 
 from sidecar.proto.errors import PppError
 from sidecar.proto.ppp.auth.base import (
-    DEFAULT_MAX_TRANSMITS,
-    DEFAULT_RESTART_INTERVAL,
     Authenticator,
     AuthMethod,
     AuthPeer,
-    SecretLookup,
     encode_packet,
     printable,
 )
 from sidecar.proto.ppp.mppe import MppeKeySource
-from sidecar.proto.secret import Secret
 
 CHALLENGE: Final = 1
 RESPONSE: Final = 2
@@ -82,23 +77,12 @@ class ChapPeer(AuthPeer):
     """The CHAP exchange, peer role. Subclasses: _response_value, _accept_success, _read_failure."""
 
     challenge_length: int | None = None  # required challenge length, None = any
-
-    def __init__(
-        self,
-        username: str,
-        password: Secret,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(
-            username, password, rng, restart_interval=restart_interval, max_transmits=max_transmits
-        )
-        self.server_name = ""
-        self._challenge: tuple[int, bytes] | None = None  # (identifier, value) we answered
-        self._response: bytes | None = None
-        self._transmits = 0
+    # Per-exchange state, set as the exchange goes (immutable values: class defaults are safe, and
+    # the constructor stays AuthPeer's).
+    server_name = ""
+    _challenge: tuple[int, bytes] | None = None  # (identifier, value) we answered
+    _response: bytes | None = None
+    _transmits = 0
 
     # --- method hooks ---
     def _response_value(self, identifier: int, challenge: bytes) -> bytes:
@@ -176,21 +160,12 @@ class ChapPeer(AuthPeer):
 class ChapAuthenticator(Authenticator):
     """The CHAP exchange, authenticator role. Subclasses: _new_challenge, _check."""
 
-    def __init__(
-        self,
-        lookup: SecretLookup,
-        name: str,
-        rng: random.Random,
-        *,
-        restart_interval: float = DEFAULT_RESTART_INTERVAL,
-        max_transmits: int = DEFAULT_MAX_TRANSMITS,
-    ) -> None:
-        super().__init__(lookup, name, rng, restart_interval=restart_interval, max_transmits=max_transmits)
-        self._identifier = 0
-        self._challenge = b""
-        self._challenge_packet = b""
-        self._verdict_packet: bytes | None = None
-        self._transmits = 0
+    # Per-exchange state (immutable values: class defaults are safe; the constructor is Authenticator's).
+    _identifier = 0
+    _challenge = b""
+    _challenge_packet = b""
+    _verdict_packet: bytes | None = None
+    _transmits = 0
 
     # --- method hooks ---
     def _new_challenge(self) -> bytes:
