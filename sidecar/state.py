@@ -24,11 +24,14 @@ Theory of operation:
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # IP traffic through the tunnel; "in" = from the peer to the TUN device, "out" = from the TUN device
 # to the peer.
@@ -107,6 +110,10 @@ class StatusBoard:
 
         self._session_counters: dict[str, int] = {}
         self._base_counters: dict[str, int] = {}
+        # Set by whoever owns live counters (the tunnel of the current session, the server): readers
+        # call :meth:`refresh` first, so /status and /metrics show the state of now, not of the last
+        # periodic publication.
+        self.refresher: Callable[[], None] | None = None
 
     # -- writers ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -192,6 +199,17 @@ class StatusBoard:
         self._session_counters = {str(k): int(v) for k, v in counters.items()}
 
     # -- readers ------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Pull fresh counters from the owner, if one is attached. Never raises: a reader is served
+        what was last published instead."""
+        refresher = self.refresher
+        if refresher is None:
+            return
+        try:
+            refresher()
+        except Exception:  # a status read must not take the process down
+            log.debug("status refresh failed", exc_info=True)
+
     @property
     def counters(self) -> dict[str, int]:
         """Totals across sessions: earlier sessions plus the current one."""

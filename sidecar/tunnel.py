@@ -245,6 +245,7 @@ class Session:
         assert self.stack is not None
         now = trio.current_time()
         self.stack.start(now)
+        self.board.refresher = self._publish  # /status and /metrics read this session's live counters
         async with trio.open_nursery() as nursery:
             self._nursery_scope = nursery.cancel_scope
             nursery.start_soon(self._control_reader)
@@ -262,6 +263,8 @@ class Session:
         if failures:
             log.warning("could not restore everything: %s", "; ".join(failures))
         self._publish()
+        if self.board.refresher == self._publish:
+            self.board.refresher = None  # the final figures stay published; nothing live to pull
         if self.capture is not None:
             self.capture.flush()
         for closer in (self.tun, self.gre, self.netconf):

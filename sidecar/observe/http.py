@@ -64,6 +64,8 @@ class HttpApp:
             return code, _TEXT, text.encode(), {}
         # The board never holds a secret; masking the configured password here as well is defence in
         # depth against one slipping into an error text (last_error, timeline details, labels).
+        if path in ("/metrics", "/status"):
+            self.board.refresh()
         if path == "/metrics":
             text = metrics.render(self.registry).decode()
             return 200, metrics.CONTENT_TYPE_LATEST, redact(text).encode(), {}

@@ -106,6 +106,7 @@ class Server:
         self.totals: dict[str, int] = {}  # counters of clients that are gone
         self.board = StatusBoard(role="server", server=f"{settings.listen[0]}:{settings.listen[1]}",
                                  interface=getattr(tun, "name", settings.interface))  # fmt: skip
+        self.board.refresher = self.refresh_board
 
     # -- hooks for the sessions ---------------------------------------------------------------------
     def _hooks(self, number: int) -> SessionHooks:
@@ -301,10 +302,15 @@ class Server:
         return out
 
     def publish(self) -> None:
-        """Refresh the status board (the ``--http`` endpoints read it)."""
+        """Beat and refresh the status board (the ``--http`` endpoints read it)."""
         board = self.board
         board.beat()
         board.record_echo()  # the server is its own sign of life while it serves
+        self.refresh_board()
+
+    def refresh_board(self) -> None:
+        """Counters, client list and pool onto the board (also run by every /status or /metrics read)."""
+        board = self.board
         board.publish_counters(self.stats())
         board.extra["clients"] = [s.snapshot() for s in sorted(self.sessions, key=lambda s: s.number)]
         board.extra["pool"] = {"size": self.pool.size, "free": self.pool.free}

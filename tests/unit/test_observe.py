@@ -116,6 +116,42 @@ def test_status_is_the_snapshot_as_json(board_clock: tuple[StatusBoard, Clock]) 
     assert doc["local_ip"] == "10.0.0.2" and doc["counters"] == {"bytes_in": 42}
 
 
+def test_reads_pull_live_counters_and_survive_a_failing_refresher(
+    board_clock: tuple[StatusBoard, Clock],
+) -> None:
+    board, _ = board_clock
+    live = {"bytes_in": 0}
+    pulls: list[str] = []
+
+    def refresher() -> None:
+        pulls.append("pull")
+        live["bytes_in"] += 100
+        board.publish_counters(live)
+
+    board.refresher = refresher
+
+    def body(port: int) -> tuple[Any, ...]:
+        first = json.loads(get(port, "/status")[2])["counters"]["bytes_in"]
+        second = json.loads(get(port, "/status")[2])["counters"]["bytes_in"]
+        scraped = metrics_of(get(port, "/metrics")[2].decode())
+        get(port, "/healthz")  # probes do not pull
+        return first, second, scraped
+
+    first, second, scraped = with_listener(board, body)
+    assert (first, second) == (100, 200) and len(pulls) == 3
+    bytes_in = [
+        v for (name, labels), v in scraped.items() if "tunnel_bytes" in name and ("direction", "in") in labels
+    ]
+    assert bytes_in == [300]
+
+    def broken() -> None:
+        raise RuntimeError("owner is gone")
+
+    board.refresher = broken
+    code, _, text = with_listener(board, lambda port: get(port, "/status"))
+    assert code == 200 and json.loads(text)["counters"]["bytes_in"] == 300
+
+
 def test_metrics_parse_and_reflect_the_board(board_clock: tuple[StatusBoard, Clock]) -> None:
     board, _ = board_clock
     board.begin_session()
