@@ -14,16 +14,62 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, cast
 
 import typer
+from typer._coercion import RuntimeParam
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from sidecar import __version__, config
 
 S = TypeVar("S")
 
+
+@dataclass(frozen=True)
+class _AsParsed(RuntimeParam):
+    """Typer's per-parameter coercion for text, switch and repeated-text options, without pydantic.
+
+    click's parser already yields ``str`` (a tuple of ``str`` for a repeated option) and typer skips
+    the coercion of ``bool`` and missing values; :mod:`sidecar.config` checks every value. Typer 0.29
+    would build a pydantic ``TypeAdapter`` per parameter of the invoked command to do the same: that
+    imports pydantic's schema machinery, +14 MB of peak RSS in the long-running ``up`` and ``serve``.
+    """
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+
+_AS_PARSED = (str, bool, list[str])  # the annotations _AsParsed takes over; others keep typer's own
+
+
+def _as_parsed(params: Iterable[Any]) -> None:
+    for param in params:
+        if isinstance(param, TyperOption | TyperArgument) and param._runtime_param is None:
+            desc = param.type_descriptor
+            if desc.annotation in _AS_PARSED:
+                param._runtime_param = _AsParsed(
+                    annotation=desc.annotation, parameter_info=desc.parameter_info
+                )
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _as_parsed(params)
+        return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _as_parsed(params)
+        return params
+
+
 app = typer.Typer(
+    cls=_Group,
     name="sidecar",
     help="Userspace PPTP VPN client that runs as a container sidecar (no pppd, no /dev/ppp).",
     no_args_is_help=True,
@@ -115,7 +161,7 @@ def _root() -> None:
     """Userspace PPTP VPN client that runs as a container sidecar."""
 
 
-@app.command()
+@app.command(cls=_Command)
 def up(
     server: Annotated[Str, _up("server")] = None,
     user: Annotated[Str, _up("user")] = None,
@@ -156,7 +202,7 @@ def up(
     raise typer.Exit(run(settings))
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     listen: Annotated[Str, _serve("listen")] = None,
     local_ip: Annotated[Str, _serve("local_ip")] = None,
@@ -186,7 +232,7 @@ def serve(
     raise typer.Exit(run(settings))
 
 
-@app.command()
+@app.command(cls=_Command)
 def probe(
     server: Annotated[Str, _probe("server")] = None,
     user: Annotated[Str, _probe("user")] = None,
@@ -206,7 +252,7 @@ def probe(
     raise typer.Exit(run_probe(settings))
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     keep_going: Annotated[
         bool, typer.Option("--keep-going", help="Keep the demo tunnel up until interrupted")
@@ -251,7 +297,7 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-@app.command()
+@app.command(cls=_Command)
 def healthcheck(
     ready: Annotated[
         bool, typer.Option("--ready", help="Ask /readyz (tunnel up) instead of /healthz (process alive)")
@@ -323,7 +369,7 @@ def format_status(snap: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     http: Annotated[Str, _HTTP_OPT] = None,
     timeout: Annotated[float, _TIMEOUT_OPT] = 3.0,
@@ -343,7 +389,7 @@ def status(
     typer.echo(json.dumps(snap, indent=2, sort_keys=True) if as_json else format_status(snap))
 
 
-@app.command()
+@app.command(cls=_Command)
 def version() -> None:
     """Print the version and exit."""
     typer.echo(f"pptp-sidecar {__version__}")
