@@ -39,6 +39,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 AUTH_NAMES = ("mschapv2", "mschap", "chap", "pap")
 MPPE_NAMES = ("require", "optional", "refuse")
+TUN_OFFLOAD_NAMES = ("auto", "off")
 MPPE_BITS = (128, 56, 40)
 PPTP_PORT = 1723
 DEFAULT_HTTP = ("127.0.0.1", 9101)
@@ -77,6 +78,7 @@ class UpSettings:
     dns: bool = True
     mtu: int | None = None
     interface: str = "pptp0"
+    tun_offload: bool = True  # "auto": TUN segmentation/receive offload when the kernel has it
     reorder_window: int = DEFAULT_REORDER_WINDOW
     reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
     echo_interval: float = 60.0  # PPTP control-connection Echo-Request after this idle time
@@ -115,6 +117,7 @@ class ServeSettings:
     mppe_key_bits: frozenset[int] = frozenset({128})
     dns: tuple[IPv4Address, ...] = ()
     interface: str = "pptpsrv0"
+    tun_offload: bool = True
     echo_interval: float = 60.0
     echo_timeout: float = 15.0
     lcp_echo_interval: float = 10.0
@@ -178,6 +181,11 @@ _AUTH = _o("auth", "Accepted authentication, in order of preference: mschapv2,ms
 _MPPE = _o("mppe", "MPPE encryption: require, optional or refuse [default: require]")
 _MPPE_STATEFUL = _o("mppe_stateful", "Allow stateful MPPE (default: stateless only)")
 _MPPE_BITS = _o("mppe_bits", "Accepted MPPE key lengths, comma list of 128,56,40 [default: 128]")
+_TUN_OFFLOAD = _o(
+    "tun_offload",
+    "TUN segmentation/receive offload (64 KB TCP super-packets to and from the kernel): auto (on "
+    "when the kernel supports it) or off [default: auto]",
+)
 _ECHO = (
     _o("echo_interval", "PPTP control Echo-Request after this many idle seconds [default: 60]"),
     _o("echo_timeout", "Seconds to wait for the Echo-Reply before the peer is dead [default: 15]"),
@@ -202,6 +210,7 @@ UP_OPTIONS: tuple[Opt, ...] = (
     _o("dns", "Use the DNS servers the peer offers (rewrites /etc/resolv.conf) [default: on]"),
     _o("mtu", "Tunnel MTU, 576-1500 [default: negotiated]"),
     _o("interface", "TUN interface name [default: pptp0]"),
+    _TUN_OFFLOAD,
     _o("reorder_window", f"GRE reorder buffer in packets, 0 = off [default: {DEFAULT_REORDER_WINDOW}]"),
     _o(
         "reorder_timeout",
@@ -239,6 +248,7 @@ SERVE_OPTIONS: tuple[Opt, ...] = (
     _MPPE_BITS,
     _o("dns", "DNS server addresses handed to clients (comma list)"),
     _o("interface", "TUN interface name [default: pptpsrv0]"),
+    _TUN_OFFLOAD,
     *_ECHO,
     _o("test_reorder", "Fraction 0-1 of sent GRE packets deliberately reordered (testing) [default: 0]"),
     _o("max_clients", "Most clients connected at once [default: 16]"),
@@ -730,6 +740,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     dns = r.get("dns", parse_bool, True)
     mtu = r.get("mtu", parse_mtu, None)
     interface = r.get("interface", parse_interface, "pptp0")
+    tun_offload = r.get("tun_offload", _parse_tun_offload, True)
     reorder_window = r.get("reorder_window", int_between(0, 4096), DEFAULT_REORDER_WINDOW)
     reorder_timeout = r.get(
         "reorder_timeout", float_between(0.0, 10.0, lo_open=True), DEFAULT_REORDER_TIMEOUT
@@ -768,6 +779,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
         dns=dns,
         mtu=mtu,
         interface=interface,
+        tun_offload=tun_offload,
         reorder_window=reorder_window,
         reorder_timeout=reorder_timeout,
         echo_interval=echo_interval,
@@ -786,6 +798,10 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
         log_level=level,
         log_format=fmt,
     )
+
+
+def _parse_tun_offload(text: str) -> bool:
+    return parse_choice(TUN_OFFLOAD_NAMES)(text) == "auto"
 
 
 def _networks_or_fail(text: str) -> tuple[IPv4Network, ...]:
@@ -875,6 +891,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
     _check_mppe_auth(r, mppe_name, auth_names)
     dns = r.get("dns", parse_ipv4_list, ())
     interface = r.get("interface", parse_interface, "pptpsrv0")
+    tun_offload = r.get("tun_offload", _parse_tun_offload, True)
     echo_interval = r.get("echo_interval", float_between(1.0, 3600.0), 60.0)
     echo_timeout = r.get("echo_timeout", float_between(1.0, 600.0), 15.0)
     lcp_echo_interval = r.get("lcp_echo_interval", float_between(0.5, 3600.0), 10.0)
@@ -897,6 +914,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
         mppe_key_bits=bits,
         dns=dns,
         interface=interface,
+        tun_offload=tun_offload,
         echo_interval=echo_interval,
         echo_timeout=echo_timeout,
         lcp_echo_interval=lcp_echo_interval,

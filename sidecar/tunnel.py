@@ -11,7 +11,8 @@ Theory of operation - one nursery, these tasks, and cancellation is the only way
 - control reader: TCP bytes -> ``stack.control_received``; EOF ends the session (the machine says why);
 - control writer: sends what the stack queued (woken by an event, so the sync paths can queue too);
 - GRE reader: ``wait_readable`` once, then drain the raw socket until EAGAIN (a batch), each packet
-  through GreSession -> PppLink -> TUN write;
+  through GreSession -> PppLink, then the batch's IP packets in one ``write_batch`` (with TUN
+  offload, consecutive TCP segments of a flow reach the kernel as one super-packet);
 - TUN reader: same, the other way: PppLink.send_ip -> GreSession.send -> GRE socket send; it reads
   no more than the peer's receive window takes (``stack.send_room``) and waits for an ack when it
   is full (the GRE reader wakes it; ``stack.window_stalled`` after WINDOW_STALL without one);
@@ -220,7 +221,7 @@ class Session:
             raise NetConfError(
                 errno.EMSGSIZE, f"the path to {self.server_ip} allows a tunnel MTU of only {mtu}"
             )
-        self.tun = TunDevice(s.interface, mtu)
+        self.tun = TunDevice(s.interface, mtu, offload=getattr(s, "tun_offload", True))
         _disable_ipv6(self.tun.name)
         self.gre = GreSocket(self.server_ip)
 
@@ -333,7 +334,7 @@ class Session:
     async def _gre_reader(self) -> None:
         gre, tun, stack = self.gre, self.tun, self.stack
         assert gre is not None and tun is not None and stack is not None
-        received, write = stack.gre_received, tun.write
+        received = stack.gre_received
         while True:
             await gre.wait_readable()
             try:
@@ -345,11 +346,11 @@ class Session:
                 continue
             self._acked.set()  # acks may have opened the peer's window
             now = trio.current_time()
+            ips: list[bytes] = []
             for _source, packet in batch:
-                for ip in received(packet, now):
-                    if write(ip):
-                        self.packets_in += 1
-                        self.bytes_in += len(ip)
+                ips += received(packet, now)
+            if ips:
+                self._to_tun(ips)
             self._after_input(now)
 
     async def _tun_reader(self) -> None:
@@ -397,10 +398,8 @@ class Session:
             self._scheduled = -math.inf
             now = trio.current_time()
             ips, packets = stack.timeout(now)
-            for ip in ips:
-                if tun.write(ip):
-                    self.packets_in += 1
-                    self.bytes_in += len(ip)
+            if ips:
+                self._to_tun(ips)
             for packet in packets:
                 gre.send(packet)
             self._after_input(now)
@@ -441,6 +440,15 @@ class Session:
                 if data:
                     await self.stream.send_all(data)
         self._end()
+
+    def _to_tun(self, ips: list[bytes]) -> None:
+        """One batch of IP packets from the tunnel to the apps (one write per super-packet with
+        TUN offload)."""
+        tun = self.tun
+        assert tun is not None
+        before = tun.counters.tx_bytes
+        self.packets_in += tun.write_batch(ips)
+        self.bytes_in += tun.counters.tx_bytes - before
 
     def _kernel_failure(self, what: str) -> None:
         log.error("%s; ending the session", what)

@@ -8,21 +8,47 @@ queue until EAGAIN.
 
 The device is not persistent: closing the fd removes it, and with it every address and route the
 kernel attached to it.
+
+Offload (``offload=True``, see docs/offload.md): the device is opened with ``IFF_VNET_HDR`` and
+``TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6)``, so the kernel hands us TCP super-packets of
+up to 64 KB and accepts them from us; every read and write then starts with a 10-byte
+``virtio_net_hdr`` (little-endian, ``TUNSETVNETLE``). :meth:`TunDevice.read_batch` still returns
+ordinary IP packets (:func:`sidecar.proto.offload.segment`; what does not fit ``max`` waits for
+the next call), and :meth:`TunDevice.write_batch` coalesces the in-order TCP segments of a batch
+(:class:`sidecar.proto.offload.Coalescer`). If any step fails the device falls back to the plain
+mode, with one log line saying why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import logging
 import os
 import socket
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import trio
 from pytun_pmd3 import TunTapDevice
 
+from sidecar.proto.offload import VNET_HDR_LEN, ZERO_HEADER, Coalescer, OffloadError, VnetHeader, segment
+
+log = logging.getLogger("sidecar.tun")
+
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16
+# <linux/if_tun.h>: _IOW('T', nr, unsigned int / int)
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUNSETVNETLE = 0x400454DC
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+PLAIN_READ = 65535
+OFFLOAD_READ = VNET_HDR_LEN + 40 + 65535  # the largest frame: an IPv6 header and a 64 KB payload
 
 
 class TunError(OSError):
@@ -36,26 +62,32 @@ class TunCounters:
     tx_packets: int = 0  # written to the device (tunnel -> apps)
     tx_bytes: int = 0
     tx_dropped: int = 0  # write refused (EAGAIN/EINVAL/EIO): dropped
+    # offload mode: frames that held more than one packet, and how many packets they held
+    rx_super_packets: int = 0
+    rx_segments: int = 0
+    rx_offload_errors: int = 0  # frames that could not be segmented: dropped
+    tx_super_packets: int = 0
+    tx_coalesced: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
 class TunDevice:
-    def __init__(self, name: str, mtu: int, *, up: bool = True) -> None:
+    """The TUN device; ``offload=True`` asks for segmentation/receive offload (``self.offload`` says
+    whether it is on)."""
+
+    def __init__(self, name: str, mtu: int, *, up: bool = True, offload: bool = False) -> None:
         self._mtu = 0
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or " " in name:
             raise TunError(errno.EINVAL, f"bad interface name {name!r}: 1-15 characters, no '/' or space")
-        try:
-            self._dev = TunTapDevice(name=name, flags=IFF_TUN | IFF_NO_PI)
-        except OSError as exc:
-            hint = {
-                errno.ENOENT: "is /dev/net/tun present? (container: --device /dev/net/tun)",
-                errno.EPERM: "needs CAP_NET_ADMIN (container: --cap-add NET_ADMIN)",
-                errno.EACCES: "needs CAP_NET_ADMIN and access to /dev/net/tun",
-                errno.EBUSY: f"interface {name!r} exists and is in use: pick another --interface",
-            }.get(exc.errno or 0, "check /dev/net/tun and CAP_NET_ADMIN")
-            raise TunError(exc.errno, f"cannot create TUN device {name!r}: {exc.strerror}; {hint}") from exc
+        self.offload = False
+        if offload:
+            self.offload, why = self._open_offload(name)
+            if why is not None:
+                log.warning("TUN offload off on %s: %s; using plain packets", name, why)
+        if not self.offload:
+            self._dev = self._open(name, False)
         try:
             self.name: str = self._dev.name
             self._fd: int = self._dev.fileno()
@@ -67,7 +99,38 @@ class TunDevice:
             self._dev.close()
             raise
         self.counters = TunCounters()
-        self._bufsize = 65535
+        self._bufsize = OFFLOAD_READ if self.offload else PLAIN_READ
+        self._pending: list[bytes] = []  # segments read but beyond the caller's max
+        self._held: list[bytes] | None = None  # writes queued by hold()
+        self._coalescer = Coalescer()
+        if self.offload:
+            log.debug("%s: TUN offload on (TCP super-packets both ways)", self.name)
+
+    def _open_offload(self, name: str) -> tuple[bool, str | None]:
+        """Open with virtio headers and offload on; (done, why not)."""
+        try:
+            dev = self._open(name, True)
+        except TunError as exc:
+            return False, str(exc)
+        why = _enable_offload(dev.fileno())
+        if why is not None:
+            dev.close()
+            return False, why
+        self._dev = dev
+        return True, None
+
+    @staticmethod
+    def _open(name: str, offload: bool) -> TunTapDevice:
+        try:
+            return TunTapDevice(name=name, flags=IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0))
+        except OSError as exc:
+            hint = {
+                errno.ENOENT: "is /dev/net/tun present? (container: --device /dev/net/tun)",
+                errno.EPERM: "needs CAP_NET_ADMIN (container: --cap-add NET_ADMIN)",
+                errno.EACCES: "needs CAP_NET_ADMIN and access to /dev/net/tun",
+                errno.EBUSY: f"interface {name!r} exists and is in use: pick another --interface",
+            }.get(exc.errno or 0, "check /dev/net/tun and CAP_NET_ADMIN")
+            raise TunError(exc.errno, f"cannot create TUN device {name!r}: {exc.strerror}; {hint}") from exc
 
     @property
     def mtu(self) -> int:
@@ -93,10 +156,15 @@ class TunDevice:
         return self._fd
 
     async def wait_readable(self) -> None:
+        if self._pending:  # segments of a super-packet are still waiting for read_batch
+            await trio.lowlevel.checkpoint()
+            return
         await trio.lowlevel.wait_readable(self._fd)
 
     def read_batch(self, max: int = 64) -> list[bytes]:
-        """IP packets the apps sent into the tunnel; drains until EAGAIN or ``max``."""
+        """IP packets the apps sent into the tunnel (at most ``max``); drains until EAGAIN or ``max``."""
+        if self.offload:
+            return self._read_offload(max)
         out: list[bytes] = []
         read, fd, size, counters = os.read, self._fd, self._bufsize, self.counters
         while len(out) < max:
@@ -111,20 +179,85 @@ class TunDevice:
             out.append(packet)
         return out
 
+    def _read_offload(self, max: int) -> list[bytes]:
+        out, self._pending = self._pending[:max], self._pending[max:]
+        read, fd, size, counters = os.read, self._fd, self._bufsize, self.counters
+        while len(out) < max:
+            try:
+                frame = read(fd, size)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not frame:
+                break
+            try:
+                packets = segment(VnetHeader.unpack(frame), frame[VNET_HDR_LEN:])
+            except OffloadError as exc:
+                counters.rx_offload_errors += 1
+                log.debug("%s: dropped a frame the kernel handed over: %s", self.name, exc)
+                continue
+            if len(packets) > 1:
+                counters.rx_super_packets += 1
+                counters.rx_segments += len(packets)
+            counters.rx_packets += len(packets)
+            counters.rx_bytes += sum(map(len, packets))
+            room = max - len(out)
+            out += packets[:room]
+            self._pending += packets[room:]
+        return out
+
     def write(self, packet: bytes | bytearray | memoryview) -> bool:
-        """Hand one IP packet to the kernel (tunnel -> apps). False = dropped (counted)."""
+        """Hand one IP packet to the kernel (tunnel -> apps). False = dropped (counted). Inside
+        :meth:`hold` the packet is queued (True) and written with the others when the hold ends."""
+        if self._held is not None:
+            self._held.append(bytes(packet))
+            return True
+        return self._write_frame(ZERO_HEADER + packet if self.offload else packet, 1, len(packet))
+
+    def write_batch(self, packets: Sequence[bytes]) -> int:
+        """Hand a batch of IP packets, in arrival order, to the kernel; in offload mode consecutive
+        in-order TCP segments of one flow go as one super-packet. Returns how many were accepted."""
+        if not self.offload:
+            return sum(self._write_frame(p, 1, len(p)) for p in packets)
+        counters, accepted = self.counters, 0
+        for frame, count, size in self._coalescer.coalesce(packets):
+            if self._write_frame(frame, count, size):
+                accepted += count
+                if count > 1:
+                    counters.tx_super_packets += 1
+                    counters.tx_coalesced += count
+        return accepted
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Queue every :meth:`write` until the block ends, then write them as one batch (the
+        server's GRE loop: its sessions write one packet at a time)."""
+        if self._held is not None:  # already held: the outer hold writes
+            yield
+            return
+        held: list[bytes] = []
+        self._held = held
         try:
-            n = os.write(self._fd, packet)
+            yield
+        finally:
+            self._held = None
+            if held:
+                self.write_batch(held)
+
+    def _write_frame(self, frame: bytes | bytearray | memoryview, count: int, size: int) -> bool:
+        """Write one frame holding ``count`` IP packets of ``size`` bytes together."""
+        counters = self.counters
+        try:
+            os.write(self._fd, frame)
         except (BlockingIOError, InterruptedError):
-            self.counters.tx_dropped += 1
+            counters.tx_dropped += count
             return False
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOBUFS):
-                self.counters.tx_dropped += 1  # not an IP packet the kernel accepts
+                counters.tx_dropped += count  # not an IP packet the kernel accepts
                 return False
             raise
-        self.counters.tx_packets += 1
-        self.counters.tx_bytes += n
+        counters.tx_packets += count
+        counters.tx_bytes += size
         return True
 
     def close(self) -> None:
@@ -137,4 +270,18 @@ class TunDevice:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TunDevice({self.name!r}, fd={self._fd})"
+        return f"TunDevice({self.name!r}, fd={self._fd}{', offload' if self.offload else ''})"
+
+
+def _enable_offload(fd: int) -> str | None:
+    """Little-endian 10-byte virtio headers and TCP segmentation offload; None, or why not."""
+    for what, request, arg in (
+        ("TUNSETVNETHDRSZ 10", TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN)),
+        ("TUNSETVNETLE", TUNSETVNETLE, struct.pack("i", 1)),
+        ("TUNSETOFFLOAD", TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6),
+    ):
+        try:
+            fcntl.ioctl(fd, request, arg)
+        except OSError as exc:
+            return f"{what} failed: {exc.strerror or exc}"
+    return None
