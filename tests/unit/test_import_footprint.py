@@ -22,6 +22,8 @@ HEAVY = (
     "scapy",  # --pcap only
     "prometheus_client",  # --http only
     "urllib.request",  # healthcheck/status only
+    "pyroute2.ndb",  # pyroute2's package __init__ (netconf.py imports IPRoute without it)
+    "sqlite3",  # the same
 )
 
 _SCRIPT = """
@@ -80,3 +82,25 @@ def test_serve_data_path_imports_nothing_heavy(tmp_path: Path) -> None:
         "sidecar.server.wiring",
     ]
     assert _heavy_loaded("sidecar.server", "run", argv, {"PPTP_SECRETS": str(secrets)}, preload) == []
+
+
+def test_netconf_queries_leave_pyroute2_package_init_out() -> None:
+    """IPRoute at work (read-only queries on loopback) does not pull the package ``__init__`` in."""
+    script = (
+        "import json, sys\n"
+        "from ipaddress import IPv4Address\n"
+        "from sidecar.kernel.netconf import NetConf\n"
+        "with NetConf() as netconf:\n"
+        "    route = netconf.route_to(IPv4Address('127.0.0.1'))\n"
+        "    assert route.ifname == 'lo' and netconf.ifindex('lo') == route.oif, route\n"
+        f"print(json.dumps(sorted(name for name in {HEAVY!r} if name in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout) == []
