@@ -17,9 +17,12 @@ in its own task. Three things drive the session:
 * IP packets for this client's address, read by the server's one TUN reader and handed over with
   :meth:`ClientSession.ip_from_tun`.
 
-Timers of all machines are served by one timer task per session that sleeps until the earliest
-deadline and is woken early whenever an input moved a deadline forward. Control bytes are written by
-a writer task (so the synchronous GRE/TUN paths can queue control messages too).
+Timers of all machines are served by one timer task per session that sleeps in a cancel scope whose
+deadline is the machines' earliest one. After an input the scope's deadline is moved (earlier or
+later) to the new earliest one, without waking the task: a GRE packet that makes an ack due in 10 ms
+costs a deadline update, not a task switch, and an ack that rode on data leaves no stale wake-up
+behind (it would land on the next ping's reply). Control bytes are written by a writer task (so the
+synchronous GRE/TUN paths can queue control messages too).
 
 Per-client phases, one log line each: connected, call established, authenticated as <user>,
 MPPE on/off, address assigned, gone (with the reason).
@@ -123,9 +126,9 @@ class ClientSession:
         self.end_reason = ""
         self.counters = SessionCounters()
         self.started = trio.current_time()
-        self._wake = trio.Event()
         self._control_dirty = trio.Event()
-        self._scheduled = math.inf
+        self._timer_scope: trio.CancelScope | None = None  # the sleeping timer's; None while it runs
+        self._last_fired = -math.inf
         self._closing = False
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -233,9 +236,8 @@ class ClientSession:
                 gre.send(packet, peer)
 
     # -- the machines' outputs and events ----------------------------------------------------------
-    def _after_input(self, now: float, *, from_timer: bool = False) -> None:
-        """Drain what the machines want to send, handle their events, re-arm the timer (the timer
-        task itself recomputes its deadline, so it does not wake itself)."""
+    def _after_input(self, now: float) -> None:
+        """Drain what the machines want to send, handle their events, re-arm the timer."""
         out = self.stack.gre_to_send(now)
         if out:
             self._send_gre(out, now)
@@ -243,10 +245,26 @@ class ClientSession:
             self._control_dirty.set()
         for event in self.stack.events(now):
             self._handle(event, now)
-        if from_timer:
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Move the sleeping timer's deadline to the machines' earliest one (no task switch; the
+        timer, while it runs, recomputes its own). A machine that keeps reporting a past deadline
+        fires the timer at most every MIN_TIMER_STEP."""
+        scope = self._timer_scope
+        if scope is None:
             return
-        if self._next_deadline() < self._scheduled:
-            self._wake.set()
+        if self._closing:
+            scope.cancel()  # the timer task owns the goodbye's deadline: let it recompute
+            return
+        deadline = max(self._next_deadline(), self._last_fired + MIN_TIMER_STEP)
+        if deadline != scope.deadline:
+            scope.deadline = deadline
+
+    def _poke(self) -> None:
+        """Wake the timer task now (the session is ending)."""
+        if self._timer_scope is not None:
+            self._timer_scope.cancel()
 
     def _next_deadline(self) -> float:
         d = self.stack.next_deadline()
@@ -304,7 +322,7 @@ class ClientSession:
             self._finish(
                 f"control connection closed{' by the client' if event.by_peer else ''}: {event.reason}"
             )
-            self._wake.set()
+            self._poke()
         elif kind == "EchoRtt" or kind == "EchoAnswered":
             pass
         else:
@@ -328,7 +346,7 @@ class ClientSession:
             self.counters.internal_errors += 1
             log.error("%s: error while closing: %s", self.tag, exc)
         self._control_dirty.set()
-        self._wake.set()
+        self._poke()
 
     def shutdown(self, reason: str) -> None:
         """Server-initiated end (SIGTERM, the server going away)."""
@@ -428,10 +446,9 @@ class ClientSession:
 
     async def _timer(self, cancel: trio.CancelScope) -> None:
         closing_since: float | None = None
-        last_fired = -math.inf
         while True:
             # a machine that reports a deadline it does not clear must not spin this loop
-            deadline = max(self._next_deadline(), last_fired + MIN_TIMER_STEP)
+            deadline = max(self._next_deadline(), self._last_fired + MIN_TIMER_STEP)
             if self._closing:
                 now = trio.current_time()
                 if closing_since is None:
@@ -442,13 +459,12 @@ class ClientSession:
                     cancel.cancel()
                     return
                 deadline = min(deadline, closing_since + SHUTDOWN_GRACE)
-            self._scheduled = deadline
-            with trio.move_on_at(deadline):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            self._scheduled = math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._timer_scope = scope  # inputs move its deadline (_rearm) or cancel it (_poke)
+                await trio.sleep_forever()
+            self._timer_scope = None
             now = trio.current_time()
-            last_fired = now
+            self._last_fired = now
             try:
                 ips, out = self.stack.timeout(now)
                 for ip in ips:
@@ -458,7 +474,7 @@ class ClientSession:
                 if self.reorderer is not None:
                     for packet in self.reorderer.timeout(now):
                         self.hooks.gre.send(packet, self.peer)
-                self._after_input(now, from_timer=True)
+                self._after_input(now)
             except Exception as exc:
                 self._internal_error("timer", exc)
                 return
