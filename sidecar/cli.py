@@ -34,7 +34,7 @@ class _AsParsed(RuntimeParam):
     click's parser already yields ``str`` (a tuple of ``str`` for a repeated option) and typer skips
     the coercion of ``bool`` and missing values; :mod:`sidecar.config` checks every value. Typer 0.29
     would build a pydantic ``TypeAdapter`` per parameter of the invoked command to do the same: that
-    imports pydantic's schema machinery, +14 MB of peak RSS in the long-running ``up`` and ``serve``.
+    imports pydantic's schema machinery, +9 MB of peak RSS in the long-running ``up`` and ``serve``.
     """
 
     def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
