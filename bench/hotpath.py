@@ -14,11 +14,14 @@ peer against authenticator, MS-CHAPv2 and CCP included, then a ``GreSession`` on
        (the raw-socket send).
 
 Modes: no MPPE, MPPE-128 stateful, MPPE-128 stateless, and stateless with every pair of packets
-swapped (half of them wait in the reorder queue). Baselines do the same syscalls and the minimum
-crypto of the mode: stateful = one kept RC4 context; stateless = SHA-1 + two new RC4 contexts (the
-RFC 3078 rekey: interim key, RC4 of it, then the session cipher) per packet. ``ours/baseline`` shows
-what our objects cost on top; the gap to the baseline is the room a rewrite of the objects has, the
-baseline itself is the floor for this crypto library.
+swapped (half of them wait in the reorder queue). The MPPE rows run once per RC4 backend that
+matters (``sidecar.proto.ppp.mppe.RC4_BACKENDS``): the one the codec picks for the mode (marked
+"default") and the other fast one, our objects and the baseline both on the row's backend.
+Baselines do the same syscalls and the minimum crypto of the mode: stateful = one kept RC4 context;
+stateless = SHA-1 + two new RC4 contexts (the RFC 3078 rekey: interim key, RC4 of it, then the
+session cipher) per packet. ``ours/baseline`` shows what our objects cost on top; the gap to the
+baseline is the room a rewrite of the objects has, the baseline itself is the floor for that RC4
+backend.
 """
 
 from __future__ import annotations
@@ -34,12 +37,9 @@ from collections.abc import Callable
 from functools import partial
 from ipaddress import IPv4Address
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
-from cryptography.hazmat.primitives.ciphers import Cipher
-
 from sidecar.proto.gre import GreSession
 from sidecar.proto.ppp.link import LinkConfig, LinkRole, PppLink
-from sidecar.proto.ppp.mppe import MppePolicy
+from sidecar.proto.ppp.mppe import RC4_BACKENDS, RC4_FRESH, RC4_KEPT, MppeCodec, MppePolicy, Rc4Backend
 from sidecar.proto.secret import Secret
 
 USER = "bench"
@@ -59,8 +59,9 @@ def ip_packet(size: int, i: int) -> bytes:
 
 
 # -- the real objects ------------------------------------------------------------------------------------
-def bring_up(mode: str) -> tuple[PppLink, PppLink]:
-    """(peer, authenticator) with LinkUp on both sides, in fake time."""
+def bring_up(mode: str, rc4: Rc4Backend | None = None) -> tuple[PppLink, PppLink]:
+    """(peer, authenticator) with LinkUp on both sides, in fake time; with ``rc4``, both codecs use
+    that RC4 backend instead of the mode's default."""
     policy = MppePolicy.REFUSE if mode == "none" else MppePolicy.REQUIRE
     stateful = mode == "stateful"
     peer = PppLink(
@@ -101,12 +102,22 @@ def bring_up(mode: str) -> tuple[PppLink, PppLink]:
     got = peer.link_up.encryption
     if got.lower() != want.lower():
         raise SystemExit(f"negotiated {got!r}, wanted {want!r}")
+    if rc4 is not None:
+        for link in (peer, auth):
+            link.codec = on_backend(link.codec, rc4)
     return peer, auth
 
 
-def ours_in(mode: str, n: int, size: int, swapped: bool) -> Callable[[], tuple[float, int]]:
+def on_backend(codec: MppeCodec | None, rc4: Rc4Backend) -> MppeCodec:
+    """The same fresh codec (no data packet went through yet) on another RC4 backend. Reads the
+    start keys from the codec's private state: the link builds its codec on the default backend."""
+    assert codec is not None and codec.counters.encrypted == codec.counters.decrypted == 0
+    return MppeCodec(codec._tx.start, codec._rx.start, codec.key_bits, codec.stateful, rc4=rc4)
+
+
+def ours_in(mode: str, rc4: Rc4Backend | None, n: int, size: int, swapped: bool) -> Run:
     """Set-up outside the clock: the server side produces n GRE packets; the timed part receives them."""
-    client, server = bring_up("stateless" if mode == "reorder" else mode)
+    client, server = bring_up("stateless" if mode == "reorder" else mode, rc4)
     cgre = GreSession(1, 2, reorder_window=30, reorder_timeout=0.1)
     sgre = GreSession(2, 1, reorder_window=30, reorder_timeout=0.1)
     packets = []
@@ -136,8 +147,8 @@ def ours_in(mode: str, n: int, size: int, swapped: bool) -> Callable[[], tuple[f
     return run
 
 
-def ours_out(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
-    client, _server = bring_up(mode)
+def ours_out(mode: str, rc4: Rc4Backend | None, n: int, size: int) -> Run:
+    client, _server = bring_up(mode, rc4)
     cgre = GreSession(1, 2, reorder_window=30, reorder_timeout=0.1)
     packet = ip_packet(size, 7)
 
@@ -161,12 +172,8 @@ def ours_out(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
     return run
 
 
-# -- baselines: struct + the mode's minimum crypto --------------------------------------------------------
-def _rc4(key: bytes) -> object:
-    return Cipher(ARC4(key), mode=None).encryptor()
-
-
-def base_in(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
+# -- baselines: struct + the mode's minimum crypto on the row's RC4 backend -------------------------------
+def base_in(mode: str, rc4: Rc4Backend | None, n: int, size: int) -> Run:
     payload = os.urandom(size + 2)  # (MPPE: protocol field + IP packet, "encrypted")
     if mode == "none":
         packets = [
@@ -178,11 +185,12 @@ def base_in(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
             for i in range(n)
         ]
     start = bytes(range(16))
+    new, crypt, buffers = (rc4 or RC4_KEPT)[1:]
 
     def run() -> tuple[float, int]:
         fd = os.open(os.devnull, os.O_WRONLY)
         write, unpack, sha1 = os.write, GRE_SA.unpack_from, hashlib.sha1
-        ctx: object = _rc4(start)
+        ctx = new(start)
         session = start
         try:
             t = time.perf_counter()
@@ -193,9 +201,9 @@ def base_in(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
                     continue
                 if mode == "stateless":
                     interim = sha1(start + PAD1 + session + PAD2).digest()[:16]
-                    session = _rc4(interim).update(interim)  # type: ignore[attr-defined]
-                    ctx = _rc4(session)
-                plain = ctx.update(memoryview(p)[22:])  # type: ignore[attr-defined]
+                    session = crypt(new(interim), interim)
+                    ctx = new(session)
+                plain = crypt(ctx, memoryview(p)[22:] if buffers else p[22:])
                 write(fd, memoryview(plain)[2:])
             return time.perf_counter() - t, n
         finally:
@@ -204,14 +212,15 @@ def base_in(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
     return run
 
 
-def base_out(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
+def base_out(mode: str, rc4: Rc4Backend | None, n: int, size: int) -> Run:
     packet = b"\x00\x21" + ip_packet(size, 7)
     start = bytes(range(16))
+    new, crypt, _ = (rc4 or RC4_KEPT)[1:]
 
     def run() -> tuple[float, int]:
         zero, null = os.open("/dev/zero", os.O_RDONLY), os.open(os.devnull, os.O_WRONLY)
         read, write, pack, sha1 = os.read, os.write, GRE_S.pack, hashlib.sha1
-        ctx: object = _rc4(start)
+        ctx = new(start)
         session = start
         try:
             t = time.perf_counter()
@@ -222,9 +231,9 @@ def base_out(mode: str, n: int, size: int) -> Callable[[], tuple[float, int]]:
                     continue
                 if mode == "stateless":
                     interim = sha1(start + PAD1 + session + PAD2).digest()[:16]
-                    session = _rc4(interim).update(interim)  # type: ignore[attr-defined]
-                    ctx = _rc4(session)
-                body = bytes((0x90, i & 0xFF)) + ctx.update(packet)  # type: ignore[attr-defined]
+                    session = crypt(new(interim), interim)
+                    ctx = new(session)
+                body = bytes((0x90, i & 0xFF)) + crypt(ctx, packet)
                 write(null, pack(0x30, 0x01, 0x880B, size + 8, 2, i) + PPP_MPPE + body)
             return time.perf_counter() - t, n
         finally:
@@ -257,24 +266,54 @@ def main() -> None:
     n, size, repeat = args.packets, args.size, args.repeat
     print(f"hot path, {size}-byte IP packets, {n} per round, best of {repeat}; one core, no network\n")
     print(
-        "| direction | mode | ours k pkt/s | us/pkt | baseline k pkt/s | us/pkt | ours/base | ours Mbit/s |"
+        "| direction | mode | RC4 | ours k pkt/s | us/pkt | baseline k pkt/s | us/pkt | ours/base "
+        "| ours Mbit/s |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    rows: list[tuple[str, str, Factory, Factory]] = []
-    for mode in ("none", "stateful", "stateless"):
-        rows.append(("in", mode, partial(ours_in, mode, n, size, False), partial(base_in, mode, n, size)))
-    rows.append(("in", "stateless, pairs swapped", partial(ours_in, "reorder", n, size, True),
-                 partial(base_in, "stateless", n, size)))  # fmt: skip
-    for mode in ("none", "stateful", "stateless"):
-        rows.append(("out", mode, partial(ours_out, mode, n, size), partial(base_out, mode, n, size)))
-    for direction, mode, ours, base in rows:
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    rows: list[tuple[str, str, str, Factory, Factory]] = []
+    for direction in ("in", "out"):
+        for mode, label, rc4 in row_plan(direction):
+            name = "-" if mode == "none" else (rc4.name if rc4 else f"{default_rc4(mode).name} (default)")
+            base_mode = "stateless" if mode == "reorder" else mode
+            ours: Factory
+            base: Factory
+            if direction == "in":
+                ours = partial(ours_in, mode, rc4, n, size, mode == "reorder")
+                base = partial(base_in, base_mode, rc4 or default_rc4(mode), n, size)
+            else:
+                ours = partial(ours_out, mode, rc4, n, size)
+                base = partial(base_out, base_mode, rc4 or default_rc4(mode), n, size)
+            rows.append((direction, label, name, ours, base))
+    for direction, label, name, ours, base in rows:
         r_ours = best_rate(ours, n, repeat)
         r_base = best_rate(base, n, repeat)
         print(
-            f"| {direction} | {mode} | {r_ours / 1e3:.0f} | {1e6 / r_ours:.1f} | {r_base / 1e3:.0f} | "
-            f"{1e6 / r_base:.1f} | {r_base / r_ours:.2f}x | {r_ours * size * 8 / 1e6:.0f} |",
+            f"| {direction} | {label} | {name} | {r_ours / 1e3:.0f} | {1e6 / r_ours:.1f} "
+            f"| {r_base / 1e3:.0f} | {1e6 / r_base:.1f} | {r_base / r_ours:.2f}x "
+            f"| {r_ours * size * 8 / 1e6:.0f} |",
             flush=True,
         )
+
+
+def default_rc4(mode: str) -> Rc4Backend:
+    return RC4_KEPT if mode == "stateful" else RC4_FRESH
+
+
+def row_plan(direction: str) -> list[tuple[str, str, Rc4Backend | None]]:
+    """(mode, label, RC4 backend or None for the codec's default): every MPPE mode on its default
+    backend, then stateful and stateless on the other fast backend when it is installed."""
+    plan: list[tuple[str, str, Rc4Backend | None]] = [
+        ("none", "none", None),
+        ("stateful", "stateful", None),
+        ("stateless", "stateless", None),
+    ]
+    if direction == "in":
+        plan.append(("reorder", "stateless, pairs swapped", None))
+    for mode in ("stateful", "stateless"):
+        for other in ("arc4", "cryptography-binding"):
+            if other in RC4_BACKENDS and other != default_rc4(mode).name:
+                plan.append((mode, mode, RC4_BACKENDS[other]))
+    return plan
 
 
 if __name__ == "__main__":
