@@ -24,13 +24,12 @@ Theory of operation:
   answer cannot hold the session; when the budget is spent, the stack reports :meth:`finished`.
 - :attr:`outcome` is set by the *first* thing that ended the session; later steps of the goodbye do
   not overwrite it.
-- Flow control (RFC 2637 §4.2): the peer's Packet Receive Window Size (from the call setup) bounds
-  the data packets we have in flight; :meth:`send_room` says how many more it takes, the caller
-  reads no more than that before the next ack. A peer that overflows drops what does not fit
-  (pptpd's pptpctrl, a userspace relay, does: its raw socket overflowed and upload TCP collapsed
-  to a few Mbit/s). Lost acks must not stop the tunnel: after :data:`WINDOW_STALL` seconds without
-  one the caller calls :meth:`window_stalled`, which counts what was sent as acknowledged (RFC 2637
-  §4.4: recover from lost acks with a time-out); a peer that never acked anything is not paced.
+- Flow control (RFC 2637 §4.2): the GRE session paces by the peer's receive window (see
+  :mod:`sidecar.proto.gre`); the stack hands it the window from the call setup and passes
+  :meth:`send_room` / :meth:`window_stalled` through, counting the waits (``window_full``,
+  ``window_stalls``).
+- The calls a hallway makes after every batch (``gre_to_send``, ``control_pending``, ``events``,
+  ``next_deadline``) return at once when nothing is pending (no list building, no byte copies).
 
 MTU arithmetic (no fragmentation of GRE, ever) lives here too, see :func:`tunnel_mtu`.
 """
@@ -44,7 +43,8 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any, Protocol
 
-from sidecar.proto.gre import GreSession
+from sidecar.proto.gre import NO_WINDOW, GreSession
+from sidecar.proto.gre import WINDOW_STALL as WINDOW_STALL  # re-exported: the hallway paces with it
 from sidecar.proto.pptp import (
     CallCleared,
     CallEstablished,
@@ -53,7 +53,6 @@ from sidecar.proto.pptp import (
     ControlConnection,
     Role,
 )
-from sidecar.proto.serial import serial_diff, serial_max
 
 # -- MTU arithmetic ----------------------------------------------------------------------------------
 IP_HEADER = 20  # outer IPv4 header, no options
@@ -62,8 +61,6 @@ PPP_HEADER = 4  # address/control FF 03 (2) + protocol (2), worst case: no ACFC/
 MPPE_OVERHEAD = 4  # MPPE header (2, coherency count) + the inner protocol field (2) under 0x00FD
 MIN_MTU = 576  # below this we refuse to run rather than produce a useless tunnel
 EARLY_GRE_MAX = 16  # GRE packets kept while the call is being established
-WINDOW_STALL = 0.25  # s without an ack while the peer's window is full: take the acks as lost
-NO_WINDOW = 1 << 30  # send_room() when no window applies
 
 
 def max_mru(path_mtu: int) -> int:
@@ -175,8 +172,6 @@ class SessionStack:
         self._peer_ip: IPv4Address | None = None
         self._grace_steps = (0.8, 0.5, 0.5)  # LINK, CALL, STOP (seconds), set by close()
         self._early: list[bytes] = []  # GRE that arrived before the call was established
-        self.peer_window = 0  # the peer's Packet Receive Window Size; 0 = not paced
-        self._window_base: int | None = None  # our last sequence number counted as acked after a stall
         # called with the new link before it starts (pcap export, the probe's observers); None = off
         self.on_link: Callable[[Any], None] | None = None
 
@@ -190,7 +185,9 @@ class SessionStack:
         self._control_events(self.control.receive_data(data, now), now)
 
     def control_pending(self) -> bool:
-        self._control_out += self.control.data_to_send()
+        data = self.control.data_to_send()
+        if data:
+            self._control_out += data
         return bool(self._control_out)
 
     def control_to_send(self) -> bytes:
@@ -232,43 +229,38 @@ class SessionStack:
         self.counters.gre_out += 1
         return [gre.send(frame, now)]
 
+    @property
+    def peer_window(self) -> int:
+        """The peer's Packet Receive Window Size the GRE session paces by; 0 = not paced."""
+        return self.gre.peer_window if self.gre is not None else 0
+
     def send_room(self) -> int:
-        """How many more data packets the peer's receive window takes before the next ack (RFC 2637
-        §4.2); :data:`NO_WINDOW` when none applies. 0: wait for an ack (``window_stalled`` after
-        :data:`WINDOW_STALL`)."""
+        """:meth:`GreSession.send_room` (:data:`NO_WINDOW` before the call); counts a full window."""
         gre = self.gre
-        if gre is None or self.peer_window <= 0:
+        if gre is None:
             return NO_WINDOW
-        last = gre.last_sent_seq
-        if last is None:
-            return self.peer_window
-        ref = gre.peer_ack
-        if self._window_base is not None:
-            ref = self._window_base if ref is None else serial_max(ref, self._window_base)
-        in_flight = gre.unacked if ref is None else max(0, serial_diff(last, ref))
-        room = self.peer_window - in_flight
+        room = gre.send_room()
         if room <= 0:
             self.counters.window_full += 1
         return room
 
     def window_stalled(self) -> None:
-        """No ack for :data:`WINDOW_STALL` with the window full: what we sent counts as acked, so
-        lost acks cannot stop the tunnel; a peer that has never acked anything is not paced."""
-        gre = self.gre
-        if gre is None:
-            return
-        self.counters.window_stalls += 1
-        if gre.peer_ack is None:
-            self.peer_window = 0
-        else:
-            self._window_base = gre.last_sent_seq
+        """:meth:`GreSession.window_stalled`, counted: no ack came within :data:`WINDOW_STALL`."""
+        if self.gre is not None:
+            self.counters.window_stalls += 1
+            self.gre.window_stalled()
 
     def gre_to_send(self, now: float) -> list[bytes]:
         """PPP control frames (wrapped in GRE) and anything else queued for the GRE socket."""
-        out, self._gre_out = self._gre_out, []
-        if self.gre is not None and self.link is not None:
+        out = self._gre_out
+        frames = self.link.frames_to_send() if self.link is not None and self.gre is not None else None
+        if not out and not frames:
+            return []
+        self._gre_out = []
+        if frames:
+            assert self.gre is not None
             send = self.gre.send
-            out += [send(frame, now) for frame in self.link.frames_to_send()]
+            out += [send(frame, now) for frame in frames]
         self.counters.gre_out += len(out)
         return out
 
@@ -282,17 +274,26 @@ class SessionStack:
     def events(self, now: float) -> list[Any]:
         """Every control and link event since the last call, in order."""
         self._link_events(now)
-        out, self._events = self._events, []
+        out = self._events
+        if not out:
+            return []
+        self._events = []
         return out
 
     def next_deadline(self) -> float | None:
-        candidates = [self.control.next_deadline(), self._step_deadline]
+        best = self.control.next_deadline()
+        d = self._step_deadline
+        if d is not None and (best is None or d < best):
+            best = d
         if self.gre is not None:
-            candidates.append(self.gre.next_deadline())
+            d = self.gre.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
         if self.link is not None and not self._link_down:
-            candidates.append(self.link.next_deadline())
-        present = [d for d in candidates if d is not None]
-        return min(present) if present else None
+            d = self.link.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     def timeout(self, now: float) -> tuple[list[bytes], list[bytes]]:
         """Run every due timer: (IP packets delivered, GRE packets to send)."""
@@ -346,9 +347,9 @@ class SessionStack:
                     ev.peer_call_id,
                     reorder_window=self._reorder_window,
                     reorder_timeout=self._reorder_timeout,
+                    peer_window=int(getattr(ev, "peer_window", 0) or 0),
                     **kw,
                 )
-                self.peer_window = max(0, int(getattr(ev, "peer_window", 0) or 0))
                 self.link = self._make_link()
                 if self.on_link is not None:
                     self.on_link(self.link)

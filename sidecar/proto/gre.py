@@ -33,6 +33,17 @@ Theory of operation (:class:`GreSession`)
   packets are owed, so a one-way flow from a peer that honours our receive window (RFC 2637 §4.2;
   we advertise 64) never waits ``ack_delay`` for credit. In a bidirectional flow almost every ack
   rides on data.
+* Send window (RFC 2637 §4.2): the peer's Packet Receive Window Size (``peer_window``, from the call
+  setup) bounds the data packets we have in flight; :meth:`GreSession.send_room` says how many more
+  it takes, the caller reads no more than that before the next ack. A peer that overflows drops
+  what does not fit (pptpd's pptpctrl, a userspace relay, does: its raw socket overflowed and upload
+  TCP collapsed to a few Mbit/s). Lost acks must not stop the tunnel: after :data:`WINDOW_STALL`
+  seconds without one the caller calls :meth:`GreSession.window_stalled`, which counts what was
+  sent as acknowledged (RFC 2637 §4.4: recover from lost acks with a time-out); a peer that never
+  acked anything is not paced.
+* Receive fast path: a data packet of the usual shape (K+S with or without A, version 1, PPP, the
+  length matching) is decoded with one ``struct`` unpack and integer comparisons; anything else
+  takes the full validation in :func:`_parse`. Both accept and reject exactly the same packets.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from typing import Final
 
 from sidecar.proto.errors import GreError
 from sidecar.proto.reorder import ReorderCounters, ReorderQueue
-from sidecar.proto.serial import SERIAL_HALF, SERIAL_MASK, serial_diff
+from sidecar.proto.serial import SERIAL_HALF, SERIAL_MASK, serial_diff, serial_max
 
 GRE_PROTOCOL_PPP: Final = 0x880B
 GRE_VERSION: Final = 1
@@ -62,6 +73,8 @@ BASE_HEADER_LEN: Final = 8
 MAX_PAYLOAD: Final = 0xFFFF
 DEFAULT_ACK_DELAY: Final = 0.010
 ACK_EVERY: Final = 16  # ack-only at once after this many unacked packets (a quarter of a 64 window)
+WINDOW_STALL: Final = 0.25  # s without an ack while the peer's window is full: take the acks as lost
+NO_WINDOW: Final = 1 << 30  # send_room() when no window applies
 
 _BASE: Final = struct.Struct("!BBHHH")
 _U32: Final = struct.Struct("!I")
@@ -69,6 +82,10 @@ _HDR_S: Final = struct.Struct("!BBHHHI")
 _HDR_SA: Final = struct.Struct("!BBHHHII")
 _B0_DATA: Final = FLAG_K | FLAG_S
 _B1_ACK: Final = FLAG_A | GRE_VERSION
+# the receive fast path: flag bytes 0 and 1 as one big-endian 16-bit number, then the rest
+_FAST: Final = struct.Struct("!HHHHII")  # flags+version, protocol, payload length, call ID, seq, ack
+_FLAGS_SA: Final = (_B0_DATA << 8) | _B1_ACK  # 0x3081: sequence and ack
+_FLAGS_S: Final = (_B0_DATA << 8) | GRE_VERSION  # 0x3001: sequence only
 
 
 class GreTruncated(GreError):
@@ -217,6 +234,7 @@ class GreSession:
         reorder_timeout: float,
         ack_delay: float = DEFAULT_ACK_DELAY,
         initial_seq: int = 0,
+        peer_window: int = 0,
     ) -> None:
         for name, v in (("local_call_id", local_call_id), ("peer_call_id", peer_call_id)):
             if not 0 <= v <= 0xFFFF:
@@ -237,6 +255,8 @@ class GreSession:
         self._ack_owed_since: float | None = None  # first unacked arrival, None = nothing owed
         self._owed = 0  # packets accepted since our last ack
         self.peer_ack: int | None = None  # highest of our numbers the peer acked
+        self.peer_window = max(0, peer_window)  # the peer's Packet Receive Window Size; 0 = not paced
+        self._window_base: int | None = None  # our last sequence number counted as acked after a stall
 
     # -- flow info -----------------------------------------------------------------------------
     @property
@@ -265,8 +285,19 @@ class GreSession:
     def receive(self, packet: bytes | bytearray | memoryview, now: float) -> list[bytes]:
         """One GRE packet (IP header stripped) in; PPP frames out, in order. Never raises on bad input."""
         c = self.counters
+        n = len(packet)
+        if n >= 16:  # the fast path: a data packet of the usual shape, for our call
+            flags, proto, payload_len, call_id, seq, ack = _FAST.unpack_from(packet, 0)
+            if proto == GRE_PROTOCOL_PPP and call_id == self.local_call_id:
+                if flags == _FLAGS_SA and n - 16 == payload_len:
+                    c.rx_packets += 1
+                    self._peer_acked(ack)
+                    return self._data(seq, packet[16:], payload_len, now)
+                if flags == _FLAGS_S and n - 12 == payload_len:
+                    c.rx_packets += 1
+                    return self._data(seq, packet[12:], payload_len, now)
         try:
-            call_id, payload_len, seq, ack, off = _parse(packet)
+            call_id, payload_len, seq_or_none, ack_or_none, off = _parse(packet)
         except GreError as exc:
             name = _ERROR_COUNTER.get(type(exc), "bad_flags")
             setattr(c, name, getattr(c, name) + 1)
@@ -275,17 +306,24 @@ class GreSession:
             c.bad_call_id += 1
             return []
         c.rx_packets += 1
-        if ack is not None:
-            self._peer_acked(ack)
-        if seq is None:
+        if ack_or_none is not None:
+            self._peer_acked(ack_or_none)
+        if seq_or_none is None:
             c.rx_ack_only += 1
             return []
-        c.rx_bytes += payload_len
+        return self._data(seq_or_none, packet[off:] if payload_len else b"", payload_len, now)
+
+    def _data(
+        self, seq: int, payload: bytes | bytearray | memoryview, payload_len: int, now: float
+    ) -> list[bytes]:
+        """A valid data packet's payload: through the reorder queue, owing an ack if accepted."""
+        self.counters.rx_bytes += payload_len
         rq = self.reorder
-        before = rq.counters.in_order + rq.counters.buffered
-        frame = bytes(packet[off:]) if payload_len else b""
-        out = rq.push(seq, frame, now)
-        if rq.counters.in_order + rq.counters.buffered != before:  # accepted: owe an ack
+        rc = rq.counters
+        before = rc.in_order + rc.buffered
+        # a slice of bytes is already a copy of its own; a view or bytearray slice is not
+        out = rq.push(seq, payload if type(payload) is bytes else bytes(payload), now)
+        if rc.in_order + rc.buffered != before:  # accepted: owe an ack
             hi = self._rx_highest
             if hi is None or ((seq - hi + SERIAL_HALF) & SERIAL_MASK) - SERIAL_HALF > 0:
                 self._rx_highest = seq
@@ -334,6 +372,31 @@ class GreSession:
             self.counters.tx_packets += 1
             self.counters.tx_ack_only += 1
         return frames, packets
+
+    def send_room(self) -> int:
+        """How many more data packets the peer's receive window takes before the next ack (RFC 2637
+        §4.2); :data:`NO_WINDOW` when none applies. 0 or less: wait for an ack (``window_stalled``
+        after :data:`WINDOW_STALL`)."""
+        window = self.peer_window
+        if window <= 0:
+            return NO_WINDOW
+        if not self._sent_any:
+            return window
+        last = (self._tx_seq - 1) & SERIAL_MASK
+        ref = self.peer_ack
+        base = self._window_base
+        if base is not None:
+            ref = base if ref is None else serial_max(ref, base)
+        in_flight = self.unacked if ref is None else max(0, serial_diff(last, ref))
+        return window - in_flight
+
+    def window_stalled(self) -> None:
+        """No ack for :data:`WINDOW_STALL` with the window full: what we sent counts as acked, so
+        lost acks cannot stop the tunnel; a peer that has never acked anything is not paced."""
+        if self.peer_ack is None:
+            self.peer_window = 0
+        else:
+            self._window_base = self.last_sent_seq
 
     def next_deadline(self) -> float | None:
         d = self.reorder.next_deadline()

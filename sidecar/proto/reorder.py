@@ -138,17 +138,17 @@ class ReorderQueue(Generic[T]):
     def push(self, seq: int, item: T, now: float) -> list[T]:
         """Offer one packet; returns the items now deliverable, in sequence order."""
         expected = self._expected
-        if expected is None:
-            self._expected = (seq + 1) & SERIAL_MASK
-            self.counters.in_order += 1
-            return [item]
-        d = ((seq - expected + SERIAL_HALF) & SERIAL_MASK) - SERIAL_HALF
-        if d == 0 and not self._buf:
+        if seq == expected and not self._buf:
             # The fast path: in order, nothing waiting.
             self._expected = (seq + 1) & SERIAL_MASK
             self._resync_count = 0
             self.counters.in_order += 1
             return [item]
+        if expected is None:
+            self._expected = (seq + 1) & SERIAL_MASK
+            self.counters.in_order += 1
+            return [item]
+        d = ((seq - expected + SERIAL_HALF) & SERIAL_MASK) - SERIAL_HALF
         out: list[T]
         if d < 0:
             pre = self._pre_jump

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from scapy.layers.l2 import GRE_PPTP
 from scapy.packet import Raw
 
-from sidecar.proto.gre import GreSession, decode_header, encode_packet
+from sidecar.proto.errors import GreError
+from sidecar.proto.gre import NO_WINDOW, GreSession, decode_header, encode_packet
 from sidecar.proto.serial import SERIAL_MASK, serial_add, serial_diff
 
 LOCAL, PEER = 0x1111, 0x2222
@@ -97,6 +98,52 @@ def test_mutated_packets_never_raise(flips: list[tuple[int, int]], cut: int) -> 
             buf[pos] = val
     s.receive(bytes(buf[:cut]), 0.0)
     assert s.counters.rx_packets + error_total(s) == 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    flags=st.sampled_from([0x3081, 0x3001, 0x2081, 0x2001, 0x3080, 0x3082, 0x3089, 0xB081, 0x3181])
+    | st.integers(0, 0xFFFF),
+    proto=st.sampled_from([0x880B, 0x0800]),
+    call_id=st.sampled_from([LOCAL, PEER]),
+    seq=st.integers(0, SERIAL_MASK),
+    ack=st.integers(0, SERIAL_MASK),
+    payload=st.binary(max_size=24),
+    length_error=st.sampled_from([0, 0, 0, 1, -1, 4, -4]),
+    as_view=st.booleans(),
+)
+def test_receive_agrees_with_the_full_decoder(
+    flags: int, proto: int, call_id: int, seq: int, ack: int, payload: bytes, length_error: int, as_view: bool
+) -> None:
+    """The receive fast path (usual header shapes) and the full validation accept and reject the same
+    packets: whatever the header, receive() does what decode_header() says it should."""
+    head = flags.to_bytes(2, "big") + proto.to_bytes(2, "big")
+    head += max(0, len(payload) + length_error).to_bytes(2, "big") + call_id.to_bytes(2, "big")
+    raw = (
+        head
+        + (seq.to_bytes(4, "big") if flags & 0x1000 else b"")
+        + (ack.to_bytes(4, "big") if flags & 0x80 else b"")
+    )
+    raw += payload
+    s = session()
+    s.send(b"x", 0.0)  # one number of ours sent: ack 0 is valid, anything else is ignored
+    got = s.receive(memoryview(raw) if as_view else raw, 0.0)
+    try:
+        header, body = decode_header(raw)
+    except GreError:
+        assert got == [] and error_total(s) == 1 and s.counters.rx_packets == 0
+        return
+    if header.call_id != LOCAL:
+        assert got == [] and s.counters.bad_call_id == 1 and s.counters.rx_packets == 0
+        return
+    assert error_total(s) == 0 and s.counters.rx_packets == 1
+    assert s.peer_ack == (0 if header.ack == 0 else None)
+    if header.seq is None:
+        assert got == [] and s.counters.rx_ack_only == 1
+    else:
+        assert got == ([bytes(body)] if len(body) else [])
+        assert all(type(frame) is bytes for frame in got)
+        assert s.highest_received == header.seq and s.ack_owed
 
 
 # -- acks ---------------------------------------------------------------------------------------------
@@ -322,3 +369,35 @@ def test_a_one_way_flow_is_acked_every_ack_every_packets_not_only_after_the_dela
     for seq in range(ACK_EVERY, 2 * ACK_EVERY - 1):  # the count starts over after an ack
         s.receive(data(seq), now)
     assert s.timeout(now)[1] == []
+
+
+# -- the peer's receive window (RFC 2637 §4.2) --------------------------------------------------------
+
+
+def test_send_room_counts_packets_in_flight_against_the_peer_window() -> None:
+    assert session().send_room() == NO_WINDOW  # no window from the call setup: not paced
+    s = session(peer_window=4)
+    assert s.send_room() == 4
+    for i in range(4):
+        s.send(b"x", 0.0)
+        assert s.send_room() == 3 - i
+    s.receive(encode_packet(LOCAL, b"", None, 1), 0.0)  # the peer acks our first two (0 and 1)
+    assert s.send_room() == 2
+    s.receive(encode_packet(LOCAL, b"", None, 3), 0.0)
+    assert s.send_room() == 4
+
+
+def test_window_stalled_takes_lost_acks_as_acked_or_stops_pacing_a_silent_peer() -> None:
+    s = session(peer_window=2)
+    s.send(b"x", 0.0)
+    s.receive(encode_packet(LOCAL, b"", None, 0), 0.0)
+    s.send(b"x", 0.0)
+    s.send(b"x", 0.0)
+    assert s.send_room() == 0
+    s.window_stalled()  # the ack for 1 and 2 got lost
+    assert s.send_room() == 2 and s.peer_window == 2
+    silent = session(peer_window=2)
+    silent.send(b"x", 0.0)
+    silent.send(b"x", 0.0)
+    silent.window_stalled()  # never acked anything: a peer that does not ack is not paced
+    assert silent.peer_window == 0 and silent.send_room() == NO_WINDOW

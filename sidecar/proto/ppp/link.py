@@ -293,12 +293,21 @@ class PppLink:
         self._settle(now)
 
     def next_deadline(self) -> float | None:
-        deadlines = [self.lcp.next_deadline(), self.keepalive.next_deadline()]
-        deadlines += [fsm.next_deadline() for fsm in self._ncps.values()]
+        """The earliest timer of LCP, the keepalive, the running NCPs and authentication (the hallway
+        asks after every batch: no lists built)."""
+        best = self.lcp.next_deadline()
+        d = self.keepalive.next_deadline()
+        if d is not None and (best is None or d < best):
+            best = d
+        for fsm in self._ncps.values():
+            d = fsm.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
         if self.auth is not None and not self._down_reported:
-            deadlines.append(self.auth.next_deadline())
-        present = [d for d in deadlines if d is not None]
-        return min(present) if present else None
+            d = self.auth.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
 
     def timeout(self, now: float) -> None:
         self.lcp.timeout(now)
