@@ -9,6 +9,9 @@ What lives here:
 - :class:`MppeCodec`: encrypt/decrypt of PPP data frames with the 2-byte MPPE header, rekeying
   (stateless: before every packet; stateful: every 256 packets, and when the flushed bit is set)
   and loss handling.
+- the RC4 implementations it can run on (:data:`RC4_BACKENDS`: the ``arc4`` C extension,
+  ``cryptography``'s binding and its public API), each checked against the public API at import;
+  the codec takes the cheapest for its mode unless told otherwise.
 
 What does not live here: CCP negotiation and Reset-Request/Reset-Ack packets (``ccp.py`` and
 ``link.py``), dropping unencrypted frames once MPPE is up (the link does that), compression (MPPC,
