@@ -558,6 +558,7 @@ class Session:
             if mtu != tun.mtu:
                 nc.set_mtu(tun.name, mtu)
             nc.add_point_to_point(tun.name, IPv4Address(local), IPv4Address(peer) if peer else None)
+            tun.set_local_addresses([IPv4Address(local)])
             nc.add_server_host_route(self.server_ip, self.via)  # before any route moves into the tunnel
             routes = nc.route_through(tun.name, s.routes)
             if s.dns and dns:

@@ -28,8 +28,9 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 import trio
 from pytun_pmd3 import TunTapDevice
@@ -226,6 +227,11 @@ class TunDevice:
                     counters.tx_super_packets += 1
                     counters.tx_coalesced += count
         return accepted
+
+    def set_local_addresses(self, addresses: Iterable[IPv4Address | IPv6Address]) -> None:
+        """The device's own addresses: TCP written to them is delivered here, and the kernel
+        verifies a super-packet's checksum itself (see :class:`~sidecar.proto.offload.Coalescer`)."""
+        self._coalescer.local = frozenset(a.packed for a in addresses)
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:

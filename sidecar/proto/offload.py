@@ -37,7 +37,7 @@ packet verifies when its residue, checksum included, is 0.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 VNET_HDR_LEN = 10
@@ -198,37 +198,54 @@ class CoalesceCounters:
 class _Run:
     """Consecutive segments of one flow being merged (their first one's place in the output)."""
 
-    __slots__ = ("closed", "head", "ident", "ip_hl", "key", "parts", "seq", "size")
+    __slots__ = ("closed", "head", "ident", "ip_hl", "key", "nbytes", "parts", "psum", "seq", "size")
 
-    def __init__(self, packet: bytes, ip_hl: int, head: int, key: bytes, seq: int, ident: int, size: int):
-        self.ip_hl = ip_hl  # IP header length (IPv6: 40; IPv4: 20 or more)
-        self.head = head  # IP + TCP header length
-        self.key = key
-        self.seq = seq  # the next expected sequence number
-        self.ident = ident  # the last IPv4 ID
+    def __init__(self, packet: bytes, parsed: _Segment) -> None:
+        _, self.key, self.ip_hl, self.head, seq, self.ident, size, flags, residue = parsed
+        self.seq = (seq + size) & 0xFFFFFFFF  # the next expected sequence number
         self.size = size  # gso_size: the first segment's payload length
+        self.nbytes = size  # payload bytes so far
+        self.psum = residue  # local destination: the payload's residue so far; else -1
         self.parts = [packet]
-        self.closed = False  # a short or PSH segment ended it
+        self.closed = bool(flags & _PSH)  # a short or PSH segment ends a run
+
+    def add(self, packet: bytes, seq: int, ident: int, size: int, flags: int, residue: int) -> None:
+        self.parts.append(packet)
+        self.seq = (seq + size) & 0xFFFFFFFF
+        self.ident = ident
+        if residue >= 0:  # a part at an odd offset is byte-swapped: x 256 modulo 0xFFFF
+            self.psum += residue * 256 if self.nbytes & 1 else residue
+        self.nbytes += size
+        self.closed = size < self.size or bool(flags & _PSH)
 
 
 class Coalescer:
-    """Merges the in-order IP packets of one receive batch into frames for an offload TUN device."""
+    """Merges the in-order IP packets of one receive batch into frames for an offload TUN device.
 
-    def __init__(self) -> None:
+    ``local``: packed addresses (4 or 16 bytes) the kernel delivers to itself. A segment for one
+    of them is not summed here: its super-packet carries a complete TCP checksum derived from the
+    segments' own checksum fields (header arithmetic only), and the kernel verifies it before TCP
+    sees the data, so a damaged segment drops its whole super-packet. Anything the kernel might
+    forward is verified here and written with ``NEEDS_CSUM``, since segmentation on the way out
+    would compute fresh checksums over whatever it holds."""
+
+    def __init__(self, local: Iterable[bytes] = ()) -> None:
         self.counters = CoalesceCounters()
+        self.local = frozenset(local)
 
     def coalesce(self, packets: Sequence[bytes]) -> list[tuple[bytes, int, int]]:
         """(frame, how many of ``packets`` it holds, their total length) to write, in an order that
         keeps every flow's order; a frame is a virtio header and one IP packet."""
         slots: list[bytes | _Run] = []
         runs: dict[bytes, _Run] = {}
+        local = self.local
         for packet in packets:
-            parsed = _parse_segment(packet)
+            parsed = _parse_segment(packet, local)
             if parsed is None:
                 runs.clear()  # not attributable to a flow: nothing may move past it
                 slots.append(packet)
                 continue
-            flow, key, ip_hl, head, seq, ident, size, flags = parsed
+            flow, key, _, _, seq, ident, size, flags, residue = parsed
             if not size or flags & ~(_PSH | _ECE) != _ACK:  # no payload, or SYN/FIN/RST/URG/CWR
                 runs.pop(flow, None)
                 slots.append(packet)
@@ -241,16 +258,11 @@ class Coalescer:
                 and run.seq == seq
                 and size <= run.size
                 and (ident < 0 or (run.ident + 1) & 0xFFFF == ident)
-                and len(run.parts) * run.size + size + run.head <= MAX_PACKET
+                and run.nbytes + size + run.head <= MAX_PACKET
             ):
-                run.parts.append(packet)
-                run.seq = (seq + size) & 0xFFFFFFFF
-                run.ident = ident
-                run.closed = size < run.size or bool(flags & _PSH)
+                run.add(packet, seq, ident, size, flags, residue)
                 continue
-            run = _Run(packet, ip_hl, head, key, (seq + size) & 0xFFFFFFFF, ident, size)
-            run.closed = bool(flags & _PSH)
-            runs[flow] = run
+            runs[flow] = run = _Run(packet, parsed)
             slots.append(run)
         return [self._frame(item) for item in slots]
 
@@ -268,9 +280,14 @@ class Coalescer:
         return _merge(item), len(parts), sum(map(len, parts))
 
 
-def _parse_segment(packet: bytes) -> tuple[bytes, bytes, int, int, int, int, int, int] | None:
-    """(flow, merge key, IP header length, IP + TCP header length, seq, IPv4 ID (IPv6: -1), payload
-    length, TCP flags) of a TCP segment with verified checksums, else None."""
+# flow, merge key, IP header length, IP + TCP header length, seq, IPv4 ID (IPv6: -1), payload
+# length, TCP flags, payload residue (-1: not for a local destination)
+_Segment = tuple[bytes, bytes, int, int, int, int, int, int, int]
+
+
+def _parse_segment(packet: bytes, local: frozenset[bytes]) -> _Segment | None:
+    """A TCP segment that may join a run (its IP checksum verified, and its TCP checksum too
+    unless the destination is local), else None."""
     n = len(packet)
     if n < 40:
         return None
@@ -287,14 +304,14 @@ def _parse_segment(packet: bytes) -> tuple[bytes, bytes, int, int, int, int, int
             or int.from_bytes(packet[:ip_hl], "big") % 0xFFFF
         ):
             return None
-        addrs = packet[12:20]
+        addrs, dest = packet[12:20], packet[16:20]
         ident = _U16.unpack_from(packet, 4)[0]
         ip_fixed = packet[:2] + packet[6:10] + packet[12:ip_hl]
     elif version == 6:
         ip_hl = 40
         if packet[6] != PROTO_TCP or _U16.unpack_from(packet, 4)[0] != n - 40 or n < 60:
             return None
-        addrs = packet[8:40]
+        addrs, dest = packet[8:40], packet[24:40]
         ident = -1
         ip_fixed = packet[:4] + packet[7:40]
     else:
@@ -303,9 +320,13 @@ def _parse_segment(packet: bytes) -> tuple[bytes, bytes, int, int, int, int, int
     head = ip_hl + tcp_hl
     if tcp_hl < 20 or head > n:
         return None
-    seg_len = n - ip_hl
-    if (int.from_bytes(addrs, "big") + PROTO_TCP + seg_len + _residue(packet[ip_hl:])) % 0xFFFF:
+    pseudo = int.from_bytes(addrs, "big") + PROTO_TCP + n - ip_hl
+    if dest in local:  # if the checksum holds, the payload's residue is what completes it
+        residue = -(pseudo + int.from_bytes(packet[ip_hl:head], "big")) % 0xFFFF
+    elif (pseudo + _residue(packet[ip_hl:])) % 0xFFFF:
         return None  # damaged (or a valid checksum we would not reproduce): the kernel decides
+    else:
+        residue = -1
     flags = packet[ip_hl + 13]
     flow = addrs + packet[ip_hl : ip_hl + 4]
     key = b"".join(
@@ -318,7 +339,7 @@ def _parse_segment(packet: bytes) -> tuple[bytes, bytes, int, int, int, int, int
         )
     )
     seq = _U32.unpack_from(packet, ip_hl + 4)[0]
-    return flow, key, ip_hl, head, seq, ident, n - head, flags
+    return flow, key, ip_hl, head, seq, ident, n - head, flags, residue
 
 
 def _merge(run: _Run) -> bytes:
@@ -337,15 +358,22 @@ def _merge(run: _Run) -> bytes:
     else:
         _U16.pack_into(hdr, 4, total - 40)
         addr_sum = int.from_bytes(hdr[8:40], "big")
-    seed = (addr_sum + PROTO_TCP + total - ip_hl) % 0xFFFF or 0xFFFF
-    _U16.pack_into(hdr, ip_hl + 16, seed)
+    pseudo = addr_sum + PROTO_TCP + total - ip_hl
+    if run.psum >= 0:  # local: the complete checksum, for the kernel to verify
+        hdr[ip_hl + 16 : ip_hl + 18] = b"\0\0"
+        tcp_sum = pseudo + int.from_bytes(hdr[ip_hl:], "big") + run.psum
+        _U16.pack_into(hdr, ip_hl + 16, -tcp_sum % 0xFFFF)
+        flags = csum_start = csum_offset = 0
+    else:  # partial: the pseudo-header sum; the kernel trusts the rest (verified here)
+        _U16.pack_into(hdr, ip_hl + 16, pseudo % 0xFFFF or 0xFFFF)
+        flags, csum_start, csum_offset = NEEDS_CSUM, ip_hl, 16
     vnet = VnetHeader(
-        flags=NEEDS_CSUM,
+        flags=flags,
         gso_type=GSO_TCPV4 if v4 else GSO_TCPV6,
         hdr_len=head,
         gso_size=run.size,
-        csum_start=ip_hl,
-        csum_offset=16,
+        csum_start=csum_start,
+        csum_offset=csum_offset,
     )
     return b"".join((vnet.pack(), hdr, payload))
 

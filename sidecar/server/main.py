@@ -425,6 +425,7 @@ async def serve(
             log.error("cannot put %s on %s: %s", settings.local_ip, tun.name, exc)
             return EXIT_RUNTIME
         cleanups.append(net.close)
+        tun.set_local_addresses([settings.local_ip])
         try:
             gre = GreSocket(None)
         except OSError as exc:

@@ -31,6 +31,7 @@ from sidecar.proto.offload import (
 )
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (123456, 654321))]
+DEST4, DEST6 = bytes([10, 0, 9, 9]), bytes.fromhex("fd00" + "00" * 12 + "0099")
 SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -234,16 +235,22 @@ def test_mangled_tcp_frames_raise_only_offload_error(header: VnetHeader, cut: in
     ece=st.booleans(),
     seq=st.integers(0, 0xFFFFFFFF),
     ident=st.integers(0, 0xFFFF),
+    local=st.booleans(),
 )
 def test_segment_of_coalesce_is_identity(
-    mss: int, total: int, v6: bool, push_last: bool, ece: bool, seq: int, ident: int
+    mss: int, total: int, v6: bool, push_last: bool, ece: bool, seq: int, ident: int, local: bool
 ) -> None:
     packets = flow(flow_sizes(mss, total), v6=v6, seq=seq, ident=ident, push_last=push_last, ece=ece)
-    coalescer = Coalescer()
+    coalescer = Coalescer(local=[DEST6 if v6 else DEST4] if local else ())
     frames = coalescer.coalesce(packets)
     assert unframe(frames) == packets
-    for frame, _, _ in frames:
+    for frame, count, _ in frames:
         assert len(frame) - VNET_HDR_LEN <= MAX_PACKET
+        hdr = VnetHeader.unpack(frame)
+        if count > 1:
+            assert hdr.flags == (0 if local else NEEDS_CSUM)
+            if local:  # a complete checksum, derived without summing the payload
+                assert_valid(frame[VNET_HDR_LEN:])
     if len(packets) > 1:  # a flow of full-sized segments always merges
         assert coalescer.counters.super_packets >= 1
         assert len(frames) < len(packets)
@@ -324,12 +331,23 @@ def test_damaged_segment_is_not_vouched_for() -> None:
     bad[-1] ^= 1  # payload damaged in the tunnel: its TCP checksum no longer matches
     packets[2] = bytes(bad)
     frames = Coalescer().coalesce(packets)
-    assert frames[1] == (
-        ZERO_HEADER + packets[2],
-        1,
-        len(packets[2]),
-    )  # passed as it was: the kernel drops it
+    assert frames[1] == (ZERO_HEADER + packets[2], 1, len(packets[2]))  # as it was: the kernel drops it
     assert unframe(frames) == packets
+
+
+def test_damaged_segment_for_a_local_destination_spoils_the_super_packet() -> None:
+    packets = flow([501, 501, 501, 20])  # odd sizes: parts at odd offsets
+    good = Coalescer(local=[DEST4]).coalesce(packets)
+    assert len(good) == 1
+    assert_valid(good[0][0][VNET_HDR_LEN:])
+    bad = bytearray(packets[2])
+    bad[-7] ^= 0x10
+    packets[2] = bytes(bad)
+    ((frame, _, _),) = Coalescer(local=[DEST4]).coalesce(packets)  # merged unverified...
+    pkt = IP(frame[VNET_HDR_LEN:])
+    rebuilt = pkt.copy()
+    del rebuilt[TCP].chksum
+    assert IP(bytes(rebuilt))[TCP].chksum != pkt[TCP].chksum  # ...so the kernel drops all of it
 
 
 @pytest.mark.parametrize(
