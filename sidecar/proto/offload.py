@@ -54,6 +54,7 @@ _FIN, _PSH, _ACK, _ECE, _CWR = 0x01, 0x08, 0x10, 0x40, 0x80
 _HDR = struct.Struct("<BBHHHH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_IP_FIELDS = struct.Struct("!HH")  # IPv4 total length, ID
 
 
 class OffloadError(ValueError):
@@ -144,32 +145,41 @@ def _tcp_ip_header(packet: bytes, v4: bool) -> tuple[int, int]:
 
 
 def _split(packet: bytes, v4: bool, ip_hl: int, tcp_hl: int, end: int, mss: int) -> list[bytes]:
+    """The segments, with the headers' fixed words summed once and the changing ones added."""
     ip = bytearray(packet[:ip_hl])
     tcp = bytearray(packet[ip_hl : ip_hl + tcp_hl])
     payload = memoryview(packet)[ip_hl + tcp_hl : end]
     seq = _U32.unpack_from(tcp, 4)[0]
     flags = tcp[13]
     ident = _U16.unpack_from(ip, 4)[0] if v4 else 0
-    addr_sum = int.from_bytes(ip[12:20] if v4 else ip[8:40], "big") + PROTO_TCP
+    tcp[4:8] = b"\0\0\0\0"  # seq, flags, checksum: added per segment
+    tcp[13] = 0
     tcp[16:18] = b"\0\0"
+    fixed = int.from_bytes(ip[12:20] if v4 else ip[8:40], "big") + PROTO_TCP
+    fixed += int.from_bytes(tcp, "big")
+    if v4:
+        ip[2:6] = b"\0\0\0\0"  # length, ID, checksum: added per segment
+        ip[10:12] = b"\0\0"
+        ip_fixed = int.from_bytes(ip, "big")
     count = max(1, -(-len(payload) // mss))
     out: list[bytes] = []
     for i in range(count):
         chunk = payload[i * mss : (i + 1) * mss]
-        last = i == count - 1
-        tcp[13] = (flags if last else flags & ~(_FIN | _PSH)) & (0xFF if i == 0 else ~_CWR)
-        _U32.pack_into(tcp, 4, (seq + i * mss) & 0xFFFFFFFF)
+        f = flags if i == count - 1 else flags & ~(_FIN | _PSH)
+        if i:
+            f &= ~_CWR
+        s = (seq + i * mss) & 0xFFFFFFFF
         tcp_len = tcp_hl + len(chunk)
         if v4:
-            _U16.pack_into(ip, 2, ip_hl + tcp_len)
-            _U16.pack_into(ip, 4, (ident + i) & 0xFFFF)
-            ip[10:12] = b"\0\0"
-            _U16.pack_into(ip, 10, checksum(ip))
+            length, pid = ip_hl + tcp_len, (ident + i) & 0xFFFF
+            _IP_FIELDS.pack_into(ip, 2, length, pid)
+            _U16.pack_into(ip, 10, -(ip_fixed + length + pid) % 0xFFFF)
         else:
             _U16.pack_into(ip, 4, tcp_len)
-        tcp[16:18] = b"\0\0"
-        s = addr_sum + tcp_len + int.from_bytes(tcp, "big") % 0xFFFF + _residue(chunk)
-        _U16.pack_into(tcp, 16, -s % 0xFFFF)
+        total = fixed + tcp_len + s + f + _residue(chunk)
+        _U32.pack_into(tcp, 4, s)
+        tcp[13] = f
+        _U16.pack_into(tcp, 16, -total % 0xFFFF)
         out.append(b"".join((ip, tcp, chunk)))
     return out
 
@@ -282,43 +292,44 @@ class Coalescer:
 
 # flow, merge key, IP header length, IP + TCP header length, seq, IPv4 ID (IPv6: -1), payload
 # length, TCP flags, payload residue (-1: not for a local destination)
-_Segment = tuple[bytes, bytes, int, int, int, int, int, int, int]
+_Segment = tuple[bytes, tuple[int | bytes, ...], int, int, int, int, int, int, int]
+_IPV4 = struct.Struct(
+    "!BBHHHBBH8s"
+)  # version/IHL, TOS, length, ID, DF/fragment, TTL, protocol, sum, addresses
+_IPV6 = struct.Struct("!IHBB32s")  # version/class/flow label, payload length, next header, hops, addresses
+_TCP = struct.Struct("!4sIIBBHHH")  # ports, seq, ack, data offset, flags, window, sum, urgent pointer
 
 
 def _parse_segment(packet: bytes, local: frozenset[bytes]) -> _Segment | None:
     """A TCP segment that may join a run (its IP checksum verified, and its TCP checksum too
-    unless the destination is local), else None."""
+    unless the destination is local), else None. The merge key holds every header field that
+    segmentation copies to each segment."""
     n = len(packet)
     if n < 40:
         return None
     version = packet[0] >> 4
     if version == 4:
-        ip_hl = (packet[0] & 0x0F) * 4
-        if (
-            ip_hl < 20
-            or packet[9] != PROTO_TCP
-            or _U16.unpack_from(packet, 2)[0] != n
-            or packet[6] & 0xBF  # flags other than DF, or a fragment offset
-            or packet[7]
-            or not packet[6] & 0x40  # DF clear: IDs may not be a sequence
-            or int.from_bytes(packet[:ip_hl], "big") % 0xFFFF
-        ):
+        vihl, tos, length, ident, frag, ttl, proto, _, addrs = _IPV4.unpack_from(packet)
+        ip_hl = (vihl & 0x0F) * 4
+        # DF set (the IDs then form a sequence), not a fragment
+        if ip_hl < 20 or proto != PROTO_TCP or length != n or frag != 0x4000:
             return None
-        addrs, dest = packet[12:20], packet[16:20]
-        ident = _U16.unpack_from(packet, 4)[0]
-        ip_fixed = packet[:2] + packet[6:10] + packet[12:ip_hl]
+        if int.from_bytes(packet[:ip_hl], "big") % 0xFFFF:
+            return None
+        ip_key: tuple[int | bytes, ...] = (tos, ttl, packet[20:ip_hl])
+        dest = addrs[4:]
     elif version == 6:
-        ip_hl = 40
-        if packet[6] != PROTO_TCP or _U16.unpack_from(packet, 4)[0] != n - 40 or n < 60:
+        ip_hl, ident = 40, -1
+        first, length, proto, hops, addrs = _IPV6.unpack_from(packet)
+        if proto != PROTO_TCP or length != n - 40 or n < 60:
             return None
-        addrs, dest = packet[8:40], packet[24:40]
-        ident = -1
-        ip_fixed = packet[:4] + packet[7:40]
+        ip_key = (first, hops)
+        dest = addrs[16:]
     else:
         return None
-    tcp_hl = (packet[ip_hl + 12] >> 4) * 4
-    head = ip_hl + tcp_hl
-    if tcp_hl < 20 or head > n:
+    ports, seq, ack, offset, flags, window, _, urgent = _TCP.unpack_from(packet, ip_hl)
+    head = ip_hl + (offset >> 4) * 4
+    if head < ip_hl + 20 or head > n:
         return None
     pseudo = int.from_bytes(addrs, "big") + PROTO_TCP + n - ip_hl
     if dest in local:  # if the checksum holds, the payload's residue is what completes it
@@ -327,19 +338,8 @@ def _parse_segment(packet: bytes, local: frozenset[bytes]) -> _Segment | None:
         return None  # damaged (or a valid checksum we would not reproduce): the kernel decides
     else:
         residue = -1
-    flags = packet[ip_hl + 13]
-    flow = addrs + packet[ip_hl : ip_hl + 4]
-    key = b"".join(
-        (
-            ip_fixed,
-            packet[ip_hl + 8 : ip_hl + 13],  # ack, data offset
-            bytes((flags & ~_PSH,)),
-            packet[ip_hl + 14 : ip_hl + 16],  # window
-            packet[ip_hl + 18 : head],  # urgent pointer, options
-        )
-    )
-    seq = _U32.unpack_from(packet, ip_hl + 4)[0]
-    return flow, key, ip_hl, head, seq, ident, n - head, flags, residue
+    key = (*ip_key, ack, offset, flags & ~_PSH, window, urgent, packet[ip_hl + 20 : head])
+    return addrs + ports, key, ip_hl, head, seq, ident, n - head, flags, residue
 
 
 def _merge(run: _Run) -> bytes:

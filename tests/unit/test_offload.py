@@ -32,7 +32,7 @@ from sidecar.proto.offload import (
 
 TS = [("NOP", None), ("NOP", None), ("Timestamp", (123456, 654321))]
 DEST4, DEST6 = bytes([10, 0, 9, 9]), bytes.fromhex("fd00" + "00" * 12 + "0099")
-SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def word_sum_checksum(data: bytes) -> int:
