@@ -128,7 +128,6 @@ class ClientSession:
         self.started = trio.current_time()
         self._control_dirty = trio.Event()
         self._timer_scope: trio.CancelScope | None = None  # the sleeping timer's; None while it runs
-        self._last_fired = -math.inf
         self._closing = False
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None
@@ -249,15 +248,16 @@ class ClientSession:
 
     def _rearm(self) -> None:
         """Move the sleeping timer's deadline to the machines' earliest one (no task switch; the
-        timer, while it runs, recomputes its own). A machine that keeps reporting a past deadline
-        fires the timer at most every MIN_TIMER_STEP."""
+        timer, while it runs, recomputes its own). A due ack (ACK_EVERY packets owed) fires it at
+        once: the peer's send window waits for it. Only the timer's own loop keeps MIN_TIMER_STEP
+        between runs, so a machine that keeps reporting a past deadline fires it once per input."""
         scope = self._timer_scope
         if scope is None:
             return
         if self._closing:
             scope.cancel()  # the timer task owns the goodbye's deadline: let it recompute
             return
-        deadline = max(self._next_deadline(), self._last_fired + MIN_TIMER_STEP)
+        deadline = self._next_deadline()
         if deadline != scope.deadline:
             scope.deadline = deadline
 
@@ -446,9 +446,10 @@ class ClientSession:
 
     async def _timer(self, cancel: trio.CancelScope) -> None:
         closing_since: float | None = None
+        last_fired = -math.inf
         while True:
             # a machine that reports a deadline it does not clear must not spin this loop
-            deadline = max(self._next_deadline(), self._last_fired + MIN_TIMER_STEP)
+            deadline = max(self._next_deadline(), last_fired + MIN_TIMER_STEP)
             if self._closing:
                 now = trio.current_time()
                 if closing_since is None:
@@ -464,7 +465,7 @@ class ClientSession:
                 await trio.sleep_forever()
             self._timer_scope = None
             now = trio.current_time()
-            self._last_fired = now
+            last_fired = now
             try:
                 ips, out = self.stack.timeout(now)
                 for ip in ips:

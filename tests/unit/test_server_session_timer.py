@@ -94,3 +94,21 @@ def test_a_withdrawn_deadline_leaves_no_wake_up_behind() -> None:
 
     fired = _run(script)
     assert fired == [2.0]
+
+
+def test_a_deadline_due_right_after_a_timer_run_fires_at_once() -> None:
+    """An ack due at once (ACK_EVERY packets owed) must not wait for the timer loop's spin guard:
+    the client's send window waits for that ack (UDP floods lost ~20 % of their rate)."""
+    due: list[float] = []
+
+    async def script(session: ClientSession) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        session.gre_received(b"0.5", trio.current_time())
+        await trio.sleep(0.5001)  # the timer ran at 0.5
+        now = trio.current_time()
+        due.append(now)
+        session.gre_received(repr(now).encode(), now)  # due now
+        await trio.sleep(0.01)
+
+    fired = _run(script)
+    assert fired == [0.5, due[0]]
