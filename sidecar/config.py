@@ -78,7 +78,7 @@ class UpSettings:
     dns: bool = True
     mtu: int | None = None
     interface: str = "pptp0"
-    tun_offload: bool = True  # "auto": TUN segmentation/receive offload when the kernel has it
+    tun_offload: bool = False  # "auto": TUN segmentation/receive offload when the kernel has it
     reorder_window: int = DEFAULT_REORDER_WINDOW
     reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
     echo_interval: float = 60.0  # PPTP control-connection Echo-Request after this idle time
@@ -117,7 +117,7 @@ class ServeSettings:
     mppe_key_bits: frozenset[int] = frozenset({128})
     dns: tuple[IPv4Address, ...] = ()
     interface: str = "pptpsrv0"
-    tun_offload: bool = True
+    tun_offload: bool = False
     echo_interval: float = 60.0
     echo_timeout: float = 15.0
     lcp_echo_interval: float = 10.0
@@ -184,7 +184,8 @@ _MPPE_BITS = _o("mppe_bits", "Accepted MPPE key lengths, comma list of 128,56,40
 _TUN_OFFLOAD = _o(
     "tun_offload",
     "TUN segmentation/receive offload (64 KB TCP super-packets to and from the kernel): auto (on "
-    "when the kernel supports it) or off [default: auto]",
+    "when the kernel supports it) or off; measured no faster with stateless MPPE, see docs/offload.md "
+    "[default: off]",
 )
 _ECHO = (
     _o("echo_interval", "PPTP control Echo-Request after this many idle seconds [default: 60]"),
@@ -740,7 +741,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     dns = r.get("dns", parse_bool, True)
     mtu = r.get("mtu", parse_mtu, None)
     interface = r.get("interface", parse_interface, "pptp0")
-    tun_offload = r.get("tun_offload", _parse_tun_offload, True)
+    tun_offload = r.get("tun_offload", _parse_tun_offload, False)
     reorder_window = r.get("reorder_window", int_between(0, 4096), DEFAULT_REORDER_WINDOW)
     reorder_timeout = r.get(
         "reorder_timeout", float_between(0.0, 10.0, lo_open=True), DEFAULT_REORDER_TIMEOUT
@@ -891,7 +892,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
     _check_mppe_auth(r, mppe_name, auth_names)
     dns = r.get("dns", parse_ipv4_list, ())
     interface = r.get("interface", parse_interface, "pptpsrv0")
-    tun_offload = r.get("tun_offload", _parse_tun_offload, True)
+    tun_offload = r.get("tun_offload", _parse_tun_offload, False)
     echo_interval = r.get("echo_interval", float_between(1.0, 3600.0), 60.0)
     echo_timeout = r.get("echo_timeout", float_between(1.0, 600.0), 15.0)
     lcp_echo_interval = r.get("lcp_echo_interval", float_between(0.5, 3600.0), 10.0)

@@ -221,7 +221,7 @@ class Session:
             raise NetConfError(
                 errno.EMSGSIZE, f"the path to {self.server_ip} allows a tunnel MTU of only {mtu}"
             )
-        self.tun = TunDevice(s.interface, mtu, offload=getattr(s, "tun_offload", True))
+        self.tun = TunDevice(s.interface, mtu, offload=getattr(s, "tun_offload", False))
         _disable_ipv6(self.tun.name)
         self.gre = GreSocket(self.server_ip)
 

@@ -392,3 +392,24 @@ def test_coalesced_size_is_capped() -> None:
     assert unframe(frames) == packets
     assert all(len(f) - VNET_HDR_LEN <= MAX_PACKET for f, _, _ in frames)
     assert len(frames) == 3  # 46 + 46 + 8 segments of 1400 bytes
+
+
+# -- the setting ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "on"), [(None, False), ("auto", True), ("off", False), (" AUTO ", True)])
+def test_tun_offload_setting(tmp_path: Any, value: str | None, on: bool) -> None:
+    from sidecar.config import build_serve_settings, build_up_settings
+
+    env = {} if value is None else {"PPTP_TUN_OFFLOAD": value}
+    secrets = tmp_path / "chap-secrets"
+    secrets.write_text("alice * pw *\n")
+    assert build_serve_settings({"secrets": str(secrets)}, env).tun_offload is on
+    up_env = {"PPTP_SERVER": "192.0.2.1", "PPTP_USER": "u", "PPTP_PASSWORD": "p", **env}
+    assert build_up_settings({}, up_env).tun_offload is on
+
+
+def test_tun_offload_setting_rejects_other_values() -> None:
+    from sidecar.config import ConfigError, build_up_settings
+
+    env = {"PPTP_SERVER": "192.0.2.1", "PPTP_USER": "u", "PPTP_PASSWORD": "p", "PPTP_TUN_OFFLOAD": "on"}
+    with pytest.raises(ConfigError, match="PPTP_TUN_OFFLOAD='on': expected one of auto, off"):
+        build_up_settings({}, env)
