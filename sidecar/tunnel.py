@@ -16,8 +16,9 @@ Theory of operation - one nursery, these tasks, and cancellation is the only way
 - TUN reader: same, the other way: PppLink.send_ip -> GreSession.send -> GRE socket send; it reads
   no more than the peer's receive window takes (``stack.send_room``) and waits for an ack when it
   is full (the GRE reader wakes it; ``stack.window_stalled`` after WINDOW_STALL without one);
-- timer: sleeps until the earliest ``next_deadline()`` of the machines; whoever moves a deadline
-  earlier wakes it;
+- timer: sleeps in a cancel scope whose deadline is the machines' earliest ``next_deadline()``;
+  after every input ``_after_input`` moves that deadline (earlier or later) without waking the task,
+  so an ack falling due costs a deadline update, not a task switch per packet;
 - publisher: copies counters to the board once a second;
 - stop watcher: on the supervisor's stop request, starts the goodbye (LCP Terminate-Request,
   Call-Clear-Request, Stop-Control-Connection-Request) and ends the session within 2 s, answered or not.
@@ -130,11 +131,10 @@ class Session:
         self.stopped = False
         self.failure: str | None = None
         self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
-        self._wake = trio.Event()
+        self._timer_scope: trio.CancelScope | None = None  # the sleeping timer's; None while it runs
         self._acked = trio.Event()
         self._control_dirty = trio.Event()
         self._done = trio.Event()
-        self._scheduled = math.inf
         self._nursery_scope: trio.CancelScope | None = None
         self._send_lock = trio.Lock()
 
@@ -389,13 +389,11 @@ class Session:
         assert stack is not None and tun is not None and gre is not None
         while True:
             deadline = stack.next_deadline()
-            self._scheduled = math.inf if deadline is None else deadline
-            with trio.move_on_at(self._scheduled):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            # The timer task is awake and re-reads the deadline at the top of the loop: nothing may
-            # wake it again meanwhile (-inf compares below every deadline), or it would spin.
-            self._scheduled = -math.inf
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._timer_scope = scope  # _after_input moves its deadline
+                await trio.sleep_forever()
+            # Awake: the deadline is re-read at the top of the loop, nothing moves it meanwhile.
+            self._timer_scope = None
             now = trio.current_time()
             ips, packets = stack.timeout(now)
             if ips:
@@ -476,9 +474,12 @@ class Session:
             self._control_dirty.set()
         if stack.finished():
             self._done.set()
-        deadline = stack.next_deadline()
-        if deadline is not None and deadline < self._scheduled:
-            self._wake.set()
+        scope = self._timer_scope
+        if scope is not None:
+            deadline = stack.next_deadline()
+            deadline = math.inf if deadline is None else deadline
+            if deadline != scope.deadline:
+                scope.deadline = deadline
 
     def _handle(self, ev: Any, now: float) -> None:
         kind = type(ev).__name__
