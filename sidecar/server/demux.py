@@ -6,14 +6,25 @@ call ID in the key field; the session's :class:`~sidecar.proto.gre.GreSession` d
 parse. A packet is routed by (source address, call ID), so two clients behind one NAT address
 still reach their own sessions, and a packet from an address that does not own the call ID is
 dropped (counted), never handed to another client.
+
+Theory of operation: the routes are kept by call ID, each with its (source, session) pairs (one,
+unless two clients' calls share a call ID). A source is compared by identity first: the GRE
+socket hands out one address object per source, and the first packet that matches by value
+replaces the stored object with that one, so the value comparison (and the hashing of an
+``IPv4Address``, which costs more than the rest of the routing) happens once per route, not per
+packet. A batch is routed at once into runs of consecutive packets for one session, which the
+server hands over together.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Final, Generic, TypeVar
+
+from sidecar.server.runs import runs
 
 T = TypeVar("T")
 
@@ -31,49 +42,76 @@ class DemuxCounters:
     unknown_call: int = 0  # no session for (source, call id)
 
 
-def call_id_of(packet: bytes | memoryview) -> int | None:
-    """The call ID of an enhanced GRE (version 1, PPP) packet, or None when it is not one."""
-    if len(packet) < _HEADER.size:
-        return None
-    b0, b1, proto, _length, call_id = _HEADER.unpack_from(packet, 0)
-    if (b1 & _VERSION_MASK) != 1 or proto != GRE_PPP or not (b0 & _KEY_PRESENT):
-        return None
-    return int(call_id)
-
-
 class GreDemux(Generic[T]):
     """(source address, our call ID) -> session."""
 
     def __init__(self) -> None:
-        self._routes: dict[tuple[IPv4Address, int], T] = {}
+        self._routes: dict[int, list[tuple[IPv4Address, T]]] = {}  # call id -> (source, session)
         self.counters = DemuxCounters()
 
     def add(self, source: IPv4Address, call_id: int, target: T) -> None:
-        key = (source, call_id)
-        if key in self._routes:
+        pairs = self._routes.setdefault(call_id, [])
+        if any(src == source for src, _ in pairs):
             raise KeyError(f"call ID {call_id} from {source} is already routed to another session")
-        self._routes[key] = target
+        pairs.append((source, target))
 
     def remove(self, source: IPv4Address, call_id: int) -> None:
-        self._routes.pop((source, call_id), None)
+        pairs = self._routes.get(call_id, [])
+        pairs[:] = [(src, target) for src, target in pairs if src != source]
+        if not pairs:
+            self._routes.pop(call_id, None)
 
     def has(self, source: IPv4Address, call_id: int) -> bool:
-        return (source, call_id) in self._routes
+        return self._find(source, call_id) is not None
 
-    def route(self, source: IPv4Address, packet: bytes | memoryview) -> T | None:
-        if len(packet) < _HEADER.size:
-            self.counters.truncated += 1
-            return None
-        call_id = call_id_of(packet)
-        if call_id is None:
-            self.counters.not_pptp += 1
-            return None
-        target = self._routes.get((source, call_id))
-        if target is None:
-            self.counters.unknown_call += 1
-            return None
-        self.counters.routed += 1
-        return target
+    def route(self, source: IPv4Address, packet: bytes) -> T | None:
+        """The session for one packet, or None (dropped, counted)."""
+        found = self.route_batch(((source, packet),))
+        return found[0][0] if found else None
+
+    def route_batch(self, batch: Iterable[tuple[IPv4Address, bytes]]) -> list[tuple[T, list[bytes]]]:
+        """Route a batch in order: runs of consecutive packets for one session, ``(session,
+        packets)``; the rest dropped and counted."""
+        targets: list[T | None] = []
+        packets: list[bytes] = []
+        routes, unpack, size = self._routes, _HEADER.unpack_from, _HEADER.size
+        truncated = not_pptp = unknown = 0
+        for source, packet in batch:
+            if len(packet) < size:
+                truncated += 1
+                continue
+            b0, b1, proto, _length, call_id = unpack(packet, 0)
+            if (b1 & _VERSION_MASK) != 1 or proto != GRE_PPP or not (b0 & _KEY_PRESENT):
+                not_pptp += 1
+                continue
+            target: T | None = None
+            for src, owner in routes.get(call_id, ()):
+                if src is source:
+                    target = owner
+                    break
+            else:
+                target = self._find(source, call_id)
+            if target is None:
+                unknown += 1
+                continue
+            targets.append(target)
+            packets.append(packet)
+        c = self.counters
+        c.routed += len(packets)
+        if truncated or not_pptp or unknown:
+            c.truncated += truncated
+            c.not_pptp += not_pptp
+            c.unknown_call += unknown
+        return runs(targets, packets)
+
+    def _find(self, source: IPv4Address, call_id: int) -> T | None:
+        """Compare by value; on a match keep ``source`` (the GRE socket's object) for identity."""
+        pairs = self._routes.get(call_id, [])
+        for i, (src, target) in enumerate(pairs):
+            if src == source:
+                pairs[i] = (source, target)
+                return target
+        return None
 
     def __len__(self) -> int:
-        return len(self._routes)
+        return sum(len(pairs) for pairs in self._routes.values())

@@ -14,11 +14,16 @@ until SIGTERM/SIGINT:
 
 * accept loop: one :class:`~sidecar.server.session.ClientSession` task per TCP connection (beyond
   ``max_clients`` a connection is closed at once, logged);
-* GRE reader: drain the socket, route each packet to its session (unknown ones dropped, counted);
-  what the sessions write to the TUN device meanwhile goes to the kernel as one batch
-  (``TunDevice.hold``: with TUN offload, TCP segments of a flow coalesced into super-packets);
+* GRE reader: drain the socket, route the batch to the sessions (unknown ones dropped, counted),
+  each session's consecutive packets handed over together; the IP packets they yield go to the
+  kernel as one batch (``TunDevice.write_batch``: with TUN offload, TCP segments of a flow
+  coalesced into super-packets);
 * TUN reader: drain the device, route each IPv4 packet by destination to the client that owns the
-  address (none: dropped, counted).
+  address (none: dropped, counted), again in runs per session.
+
+Per packet, the loops do as little as they can: routing, the source-address check and the
+counters work on a batch at a time (:mod:`sidecar.server.demux`, :mod:`sidecar.server.ipcheck`),
+and the machines' outputs, events and timer are handled once per batch and session.
 
 A client's address gets a host route through the TUN device when its link comes up; the route and
 the address go when the client goes (hang-up, keepalive timeout, error). Forwarding between the
@@ -49,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from sidecar.server.demux import GreDemux
-from sidecar.server.ipcheck import ipv4_destination
+from sidecar.server.ipcheck import group_by_destination
 from sidecar.server.pool import AddressPool, PoolError, describe
 from sidecar.server.secrets import SecretsError, SecretsTable, fixed_addresses
 from sidecar.server.session import ClientSession, SessionHooks
@@ -214,9 +219,9 @@ class Server:
 
     async def gre_loop(self) -> None:
         gre, demux = self.gre, self.demux
-        # the sessions write to the TUN device one packet at a time; held, a batch's packets reach
-        # the kernel together (coalesced with TUN offload). In-process test stand-ins write at once.
-        hold = getattr(self.tun, "hold", contextlib.nullcontext)
+        # the sessions' IP packets reach the kernel together, once per batch (coalesced with TUN
+        # offload); in-process test stand-ins without write_batch take them one by one
+        write_batch = getattr(self.tun, "write_batch", None) or _write_each(self.tun)
         while True:
             await gre.wait_readable()
             while True:
@@ -229,15 +234,14 @@ class Server:
                 if not batch:
                     break
                 now = trio.current_time()
-                touched: dict[ClientSession, None] = {}
-                with hold():
-                    for source, packet in batch:
-                        session = demux.route(source, packet)
-                        if session is not None:
-                            session.gre_received(packet, now, defer=True)
-                            touched[session] = None
-                    for session in touched:
-                        session.end_of_batch(now)
+                to_tun: list[bytes] = []
+                runs = demux.route_batch(batch)
+                for session, packets in runs:
+                    session.gre_batch(packets, now, to_tun)
+                for session in dict.fromkeys(session for session, _ in runs):
+                    session.end_of_batch(now)
+                if to_tun:
+                    write_batch(to_tun)
                 if len(batch) < 64:
                     break
                 await trio.lowlevel.checkpoint()
@@ -256,20 +260,14 @@ class Server:
                 if not batch:
                     break
                 now = trio.current_time()
-                touched: dict[ClientSession, None] = {}
-                for packet in batch:
-                    counters.tun_rx += 1
-                    dest = ipv4_destination(packet)
-                    if dest is None:
-                        counters.tun_not_ipv4 += 1
-                        continue
-                    session = by_address.get(dest)
-                    if session is None:
-                        counters.tun_no_client += 1
-                        continue
-                    session.ip_from_tun(packet, now, defer=True)
-                    touched[session] = None
-                for session in touched:
+                counters.tun_rx += len(batch)
+                runs, not_ipv4, no_client = group_by_destination(batch, by_address)
+                if not_ipv4 or no_client:
+                    counters.tun_not_ipv4 += not_ipv4
+                    counters.tun_no_client += no_client
+                for session, packets in runs:
+                    session.ip_batch(packets, now)
+                for session in dict.fromkeys(session for session, _ in runs):
                     session.end_of_batch(now)
                 if len(batch) < 64:
                     break
@@ -501,6 +499,16 @@ async def serve(
                 cleanup()
             except Exception as exc:
                 log.warning("cleanup: %s", exc)
+
+
+def _write_each(tun: Any) -> Callable[[list[bytes]], object]:
+    """``write_batch`` for a TUN device that only has ``write`` (in-process test stand-ins)."""
+
+    def write_batch(packets: list[bytes]) -> None:
+        for packet in packets:
+            tun.write(packet)
+
+    return write_batch
 
 
 def _disable_ipv6(ifname: str) -> None:

@@ -34,14 +34,14 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from sidecar.server.ipcheck import Verdict, check_from_client
+from sidecar.server.ipcheck import Verdict, admit_from_client
 from sidecar.server.misorder import DeliberateReorderer, is_data_packet
 from sidecar.server.pool import AddressPool, PoolExhausted
 from sidecar.server.secrets import SecretsTable
@@ -169,38 +169,70 @@ class ClientSession:
             self.address_packed = b""
 
     # -- inputs from the server's shared readers --------------------------------------------------
-    def gre_received(self, packet: bytes, now: float, *, defer: bool = False) -> None:
-        """One GRE packet from this client. ``defer=True`` (the shared readers, per batch): while
-        the link is up, leave the machines' outputs, events and timer to :meth:`end_of_batch`
-        (recomputing every deadline after every packet cost 6-10 % of the server's CPU)."""
+    def gre_received(self, packet: bytes, now: float) -> None:
+        """One GRE packet from this client, handled at once (outputs, events and timer included)."""
+        self.gre_batch((packet,), now)
+        self.end_of_batch(now)
+
+    def gre_batch(self, packets: Sequence[bytes], now: float, tun_out: list[bytes] | None = None) -> None:
+        """GRE packets from this client, in order (the server's GRE reader, per batch). The IP
+        packets in them that pass the source check go to ``tun_out`` (the server writes a batch's
+        packets together) or, with None, straight to the TUN device. While the link is up, the
+        machines' outputs, events and timer are left to :meth:`end_of_batch` (recomputing every
+        deadline after every packet cost 6-10 % of the server's CPU); before, each packet's are
+        handled at once (the link coming up is an event)."""
         if self.ended:
             return
         try:
-            for ip in self.stack.gre_received(packet, now):
-                self._to_tun(ip)
-            if not (defer and self.up):
-                self._after_input(now)
+            receive = self.stack.gre_received
+            if self.up:
+                ips: list[bytes] = []
+                for packet in packets:
+                    ips += receive(packet, now)
+                if ips:
+                    self._to_tun(ips, tun_out)
+            else:
+                for packet in packets:
+                    ips = receive(packet, now)
+                    if ips:
+                        self._to_tun(ips, tun_out)
+                    self._after_input(now)
         except Exception as exc:  # one client's bug never reaches the others
             self._internal_error("GRE input", exc)
 
-    def ip_from_tun(self, packet: bytes, now: float, *, defer: bool = False) -> None:
+    def ip_batch(self, packets: Sequence[bytes], now: float) -> None:
+        """IP packets from the TUN device for this client, in order (the server's TUN reader, per
+        batch); outputs, events and timer as in :meth:`gre_batch`."""
         if self.ended:
             return
+        sent = sent_bytes = dropped = 0
         try:
-            packets = self.stack.send_ip(packet, now)
-            if packets:
-                self.counters.ip_out += 1
-                self.counters.ip_out_bytes += len(packet)
-                self._send_gre(packets, now, data=True)
-            else:
-                self.counters.ip_out_dropped += 1
-            if not (defer and self.up):
-                self._after_input(now)
+            send_ip, up, reorderer = self.stack.send_ip, self.up, self.reorderer
+            gre_send, peer = self.hooks.gre.send, self.peer
+            for packet in packets:
+                frames = send_ip(packet, now)
+                if not frames:
+                    dropped += 1
+                else:
+                    sent += 1
+                    sent_bytes += len(packet)
+                    if reorderer is None:
+                        for frame in frames:
+                            gre_send(frame, peer)
+                    else:
+                        self._send_gre(frames, now, data=True)
+                if not up:
+                    self._after_input(now)
         except Exception as exc:
             self._internal_error("TUN input", exc)
+        finally:
+            c = self.counters
+            c.ip_out += sent
+            c.ip_out_bytes += sent_bytes
+            c.ip_out_dropped += dropped
 
     def end_of_batch(self, now: float) -> None:
-        """After a batch of deferred inputs: drain outputs and events once, re-arm the timer."""
+        """After a batch of inputs: drain outputs and events once, re-arm the timer."""
         if self.ended:
             return
         try:
@@ -208,22 +240,29 @@ class ClientSession:
         except Exception as exc:
             self._internal_error("input", exc)
 
-    def _to_tun(self, packet: bytes) -> None:
+    def _to_tun(self, packets: list[bytes], out: list[bytes] | None = None) -> None:
+        """IP packets out of this client's tunnel: those with its own source address to ``out``
+        (written by the server with its batch) or, with None, straight to the TUN device; the
+        others dropped and counted."""
+        c = self.counters
         if not self.up:
-            self.counters.not_up += 1
+            c.not_up += len(packets)
             return
-        verdict = check_from_client(packet, self.address_packed)
-        if verdict is Verdict.OK:
-            if self.hooks.tun.write(packet):
-                self.counters.ip_in += 1
-                self.counters.ip_in_bytes += len(packet)
-            return
-        if verdict is Verdict.SPOOFED:
-            self.counters.spoofed += 1
-        elif verdict is Verdict.NOT_IPV4:
-            self.counters.not_ipv4 += 1
+        admitted: list[bytes] = []
+        for verdict in admit_from_client(packets, self.address_packed, admitted):
+            if verdict is Verdict.SPOOFED:
+                c.spoofed += 1
+            elif verdict is Verdict.NOT_IPV4:
+                c.not_ipv4 += 1
+            else:
+                c.truncated += 1
+        if out is None:
+            write = self.hooks.tun.write
+            admitted = [packet for packet in admitted if write(packet)]
         else:
-            self.counters.truncated += 1
+            out += admitted
+        c.ip_in += len(admitted)
+        c.ip_in_bytes += sum(map(len, admitted))
 
     def _send_gre(self, packets: list[bytes], now: float, *, data: bool = False) -> None:
         gre, peer, reorderer = self.hooks.gre, self.peer, self.reorderer
@@ -468,8 +507,8 @@ class ClientSession:
             last_fired = now
             try:
                 ips, out = self.stack.timeout(now)
-                for ip in ips:
-                    self._to_tun(ip)
+                if ips:
+                    self._to_tun(ips)
                 if out:
                     self._send_gre(out, now)
                 if self.reorderer is not None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import GRE
 from scapy.layers.l2 import GRE_PPTP
 
-from sidecar.server.demux import GreDemux, call_id_of
+from sidecar.server.demux import GreDemux
 
 
 def pptp(call_id: int, payload: bytes = b"\xff\x03\x00\x21data", seq: int | None = 1) -> bytes:
@@ -57,7 +57,36 @@ def test_not_pptp_and_truncated() -> None:
 
 @given(st.integers(0, 0xFFFF), st.booleans())
 def test_call_id_matches_scapy(call_id: int, with_seq: bool) -> None:
-    assert call_id_of(pptp(call_id, seq=5 if with_seq else None)) == call_id
+    d: GreDemux[str] = GreDemux()
+    d.add(A("192.0.2.1"), call_id, "a")
+    assert d.route(A("192.0.2.1"), pptp(call_id, seq=5 if with_seq else None)) == "a"
+    assert d.route(A("192.0.2.1"), pptp(call_id ^ 1, seq=5 if with_seq else None)) is None
+
+
+def test_batch_in_runs_per_session() -> None:
+    """A batch comes back in order as runs of consecutive packets for one session; a source
+    matches by value (another object of the same address), and dropped packets end no run."""
+    d: GreDemux[str] = GreDemux()
+    d.add(A("192.0.2.1"), 1, "alice")
+    d.add(A("192.0.2.2"), 1, "bob")
+    alice, bob = A("192.0.2.1"), A("192.0.2.2")  # not the objects the routes were added with
+    batch = [
+        (alice, pptp(1, b"a1")),
+        (alice, pptp(1, b"a2")),
+        (bob, pptp(9, b"lost")),  # nobody's call: dropped
+        (alice, pptp(1, b"a3")),
+        (bob, pptp(1, b"b1")),
+        (alice, pptp(1, b"a4")),
+    ]
+    runs = d.route_batch(batch)
+    assert [(who, [p[-2:] for p in packets]) for who, packets in runs] == [
+        ("alice", [b"a1", b"a2", b"a3"]),
+        ("bob", [b"b1"]),
+        ("alice", [b"a4"]),
+    ]
+    assert d.counters.routed == 5 and d.counters.unknown_call == 1
+    d.remove(A("192.0.2.1"), 1)
+    assert d.route_batch(batch[:2]) == [] and d.route(bob, pptp(1)) == "bob" and len(d) == 1
 
 
 @given(st.binary(max_size=40))
