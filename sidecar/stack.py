@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any, Protocol
@@ -215,6 +215,25 @@ class SessionStack:
             self.counters.ip_in += len(out)
         return out
 
+    def gre_received_batch(self, packets: Iterable[bytes], now: float) -> list[bytes]:
+        """Several GRE packets, in arrival order -> the IP packets for the TUN device, as
+        :meth:`gre_received` one by one would return them (the lookups are made once per batch)."""
+        gre, link = self.gre, self.link
+        out: list[bytes] = []
+        if gre is None or link is None:
+            for packet in packets:
+                out += self.gre_received(packet, now)
+            return out
+        receive, link_receive, confirm = gre.receive, link.receive, gre.reorder.confirm
+        for packet in packets:
+            for frame in receive(packet, now):
+                ips = link_receive(frame, now)
+                if ips:
+                    confirm()  # as in gre_received: PPP took it, a far jump before it is real
+                    out += ips
+        self.counters.ip_in += len(out)
+        return out
+
     def send_ip(self, packet: bytes, now: float) -> list[bytes]:
         """An IP packet from the TUN device -> GRE packets to send (empty: dropped, counted)."""
         gre, link = self.gre, self.link
@@ -228,6 +247,29 @@ class SessionStack:
         self.counters.ip_out += 1
         self.counters.gre_out += 1
         return [gre.send(frame, now)]
+
+    def send_ips(self, packets: Sequence[bytes], now: float) -> tuple[list[bytes], int]:
+        """A batch of IP packets from the TUN device -> (the GRE packets to send, one per packet the
+        link took, in order; the size in bytes of the IP packets taken). The others are dropped,
+        counted as :meth:`send_ip` counts them; counters move once per batch."""
+        c = self.counters
+        gre, link = self.gre, self.link
+        if gre is None or link is None or self._link_down:
+            c.ip_out_dropped += len(packets)
+            return [], 0
+        link_send, gre_send = link.send_ip, gre.send
+        out: list[bytes] = []
+        taken = 0
+        for packet in packets:
+            frame = link_send(packet, now)
+            if frame is not None:
+                out.append(gre_send(frame, now))
+                taken += len(packet)
+        n = len(out)
+        c.ip_out += n
+        c.gre_out += n
+        c.ip_out_dropped += len(packets) - n
+        return out, taken
 
     @property
     def peer_window(self) -> int:

@@ -10,12 +10,14 @@ Theory of operation - one nursery, these tasks, and cancellation is the only way
 
 - control reader: TCP bytes -> ``stack.control_received``; EOF ends the session (the machine says why);
 - control writer: sends what the stack queued (woken by an event, so the sync paths can queue too);
-- GRE reader: ``wait_readable`` once, then drain the raw socket until EAGAIN (a batch), each packet
-  through GreSession -> PppLink, then the batch's IP packets in one ``write_batch`` (with TUN
-  offload, consecutive TCP segments of a flow reach the kernel as one super-packet);
-- TUN reader: same, the other way: PppLink.send_ip -> GreSession.send -> GRE socket send; it reads
-  no more than the peer's receive window takes (``stack.send_room``) and waits for an ack when it
-  is full (the GRE reader wakes it; ``stack.window_stalled`` after WINDOW_STALL without one);
+- GRE reader: ``wait_readable`` once, then drain the raw socket until EAGAIN (a batch), the batch
+  through ``stack.gre_received_batch`` (GreSession -> PppLink, packet by packet), then the batch's
+  IP packets in one ``write_batch`` (with TUN offload, consecutive TCP segments of a flow reach the
+  kernel as one super-packet);
+- TUN reader: same, the other way: the batch through ``stack.send_ips`` (PppLink.send_ip ->
+  GreSession.send), then the GRE packets in one ``send_batch``; it reads no more than the peer's
+  receive window takes (``stack.send_room``) and waits for an ack when it is full (the GRE reader
+  wakes it; ``stack.window_stalled`` after WINDOW_STALL without one);
 - timer: sleeps in a cancel scope whose deadline is the machines' earliest ``next_deadline()``;
   after every input ``_after_input`` moves that deadline (earlier or later) without waking the task,
   so an ack falling due costs a deadline update, not a task switch per packet;
@@ -334,7 +336,7 @@ class Session:
     async def _gre_reader(self) -> None:
         gre, tun, stack = self.gre, self.tun, self.stack
         assert gre is not None and tun is not None and stack is not None
-        received = stack.gre_received
+        received = stack.gre_received_batch
         while True:
             await gre.wait_readable()
             try:
@@ -346,9 +348,7 @@ class Session:
                 continue
             self._acked.set()  # acks may have opened the peer's window
             now = trio.current_time()
-            ips: list[bytes] = []
-            for _source, packet in batch:
-                ips += received(packet, now)
+            ips = received([packet for _source, packet in batch], now)
             if ips:
                 self._to_tun(ips)
             self._after_input(now)
@@ -356,7 +356,7 @@ class Session:
     async def _tun_reader(self) -> None:
         gre, tun, stack = self.gre, self.tun, self.stack
         assert gre is not None and tun is not None and stack is not None
-        send_ip, send, room_for = stack.send_ip, gre.send, stack.send_room
+        send_ips, send_batch, room_for = stack.send_ips, gre.send_batch, stack.send_room
         while True:
             room = room_for()
             if room <= 0:  # the peer's receive window is full: wait for its ack (RFC 2637 §4.2)
@@ -375,13 +375,11 @@ class Session:
             if not packets:
                 continue
             now = trio.current_time()
-            for packet in packets:
-                out = send_ip(packet, now)
-                if out:
-                    self.packets_out += 1
-                    self.bytes_out += len(packet)
-                    for g in out:
-                        send(g)
+            out, taken = send_ips(packets, now)
+            if out:
+                self.packets_out += len(out)
+                self.bytes_out += taken
+                send_batch(out)
             self._after_input(now)
 
     async def _timer(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
 
@@ -117,8 +118,6 @@ class GreSocket:
             sock.close()
             raise
         self._sock = sock
-        self._buf = bytearray(_BUFSIZE)
-        self._view = memoryview(self._buf)
 
     # -- receive ---------------------------------------------------------------------------------
     async def wait_readable(self) -> None:
@@ -128,11 +127,10 @@ class GreSocket:
         """Drain up to ``max`` packets without blocking: ``(source, GRE packet)`` pairs, IP header
         stripped. Empty when nothing is queued."""
         out: list[tuple[IPv4Address, bytes]] = []
-        recv_into = self._sock.recv_into
-        buf, view, counters, remote = self._buf, self._view, self.counters, self._remote_packed
+        recv, counters, remote, sources = self._sock.recv, self.counters, self._remote_packed, self._sources
         while len(out) < max:
             try:
-                n = recv_into(buf)
+                data = recv(_BUFSIZE)  # a fresh bytes: slicing it below is the one payload copy
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -143,25 +141,26 @@ class GreSocket:
                     counters.icmp_errors += 1
                     continue
                 raise
-            if n < 20 or (buf[0] >> 4) != 4:
+            n = len(data)
+            if n < 20 or (data[0] >> 4) != 4:
                 counters.rx_malformed += 1
                 continue
-            ihl = (buf[0] & 0x0F) * 4
+            ihl = (data[0] & 0x0F) * 4
             if ihl < 20 or n < ihl:
                 counters.rx_malformed += 1
                 continue
-            src = bytes(view[12:16])
+            src = data[12:16]
             if remote is not None and src != remote:
                 counters.rx_foreign += 1
                 continue
-            source = self._sources.get(src)
+            source = sources.get(src)
             if source is None:
                 source = IPv4Address(src)
-                if len(self._sources) < 4096:
-                    self._sources[src] = source
+                if len(sources) < 4096:
+                    sources[src] = source
             counters.rx_packets += 1
             counters.rx_bytes += n - ihl
-            out.append((source, bytes(view[ihl:n])))
+            out.append((source, data[ihl:]))
         return out
 
     # -- send ------------------------------------------------------------------------------------
@@ -177,21 +176,22 @@ class GreSocket:
                     raise ValueError("GreSocket in server role: send() needs dest")
             else:
                 self._sock.sendto(packet, self._address(dest))
-        except (BlockingIOError, InterruptedError):
-            self.counters.tx_dropped += 1
-            return False
         except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                self.counters.tx_too_big += 1
-                return False
-            if exc.errno in _TRANSIENT_SEND:
-                # transient or firewall (EPERM from an nft drop in OUTPUT): dropped, counted
-                self.counters.tx_dropped += 1
-                return False
-            raise
+            self._send_failed(exc)
+            return False
         self.counters.tx_packets += 1
         self.counters.tx_bytes += len(packet)
         return True
+
+    def _send_failed(self, exc: OSError) -> None:
+        """A send that raised: dropped and counted when transient, else re-raised."""
+        if isinstance(exc, (BlockingIOError, InterruptedError)) or exc.errno in _TRANSIENT_SEND:
+            # a full buffer, transient, or a firewall (EPERM from an nft drop in OUTPUT)
+            self.counters.tx_dropped += 1
+        elif exc.errno == errno.EMSGSIZE:
+            self.counters.tx_too_big += 1
+        else:
+            raise exc
 
     def _address(self, dest: IPv4Address) -> tuple[str, int]:
         addr = self._dests.get(dest)
@@ -201,11 +201,24 @@ class GreSocket:
                 self._dests[dest] = addr
         return addr
 
-    def send_batch(self, packets: list[bytes], dest: IPv4Address | None = None) -> int:
-        """Send several packets; returns how many went out."""
-        sent = 0
+    def send_batch(self, packets: Sequence[bytes], dest: IPv4Address | None = None) -> int:
+        """Send several packets, each as :meth:`send` does; returns how many went out. The
+        connected client's loop calls the socket directly and counts once per batch."""
+        if dest is not None or not self._connected:
+            return sum(self.send(packet, dest) for packet in packets)
+        send = self._sock.send
+        sent = size = 0
         for packet in packets:
-            sent += self.send(packet, dest)
+            try:
+                send(packet)
+            except OSError as exc:
+                self._send_failed(exc)
+                continue
+            sent += 1
+            size += len(packet)
+        counters = self.counters
+        counters.tx_packets += sent
+        counters.tx_bytes += size
         return sent
 
     # -- misc ------------------------------------------------------------------------------------

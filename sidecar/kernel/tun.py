@@ -49,6 +49,8 @@ TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 PLAIN_READ = 65535
+# a write the kernel refuses because the packet is not one it accepts: dropped, counted
+_DROPPED_WRITE = frozenset((errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOBUFS))
 OFFLOAD_READ = VNET_HDR_LEN + 40 + 65535  # the largest frame: an IPv6 header and a 64 KB payload
 
 
@@ -217,9 +219,22 @@ class TunDevice:
     def write_batch(self, packets: Sequence[bytes]) -> int:
         """Hand a batch of IP packets, in arrival order, to the kernel; in offload mode consecutive
         in-order TCP segments of one flow go as one super-packet. Returns how many were accepted."""
+        counters = self.counters
         if not self.offload:
-            return sum(self._write_frame(p, 1, len(p)) for p in packets)
-        counters, accepted = self.counters, 0
+            write, fd = os.write, self._fd
+            written = size = 0
+            for packet in packets:
+                try:
+                    write(fd, packet)
+                except OSError as exc:
+                    self._write_failed(exc, 1)
+                    continue
+                written += 1
+                size += len(packet)
+            counters.tx_packets += written
+            counters.tx_bytes += size
+            return written
+        accepted = 0
         for frame, count, size in self._coalescer.coalesce(packets):
             if self._write_frame(frame, count, size):
                 accepted += count
@@ -251,20 +266,23 @@ class TunDevice:
 
     def _write_frame(self, frame: bytes | bytearray | memoryview, count: int, size: int) -> bool:
         """Write one frame holding ``count`` IP packets of ``size`` bytes together."""
-        counters = self.counters
         try:
             os.write(self._fd, frame)
-        except (BlockingIOError, InterruptedError):
-            counters.tx_dropped += count
-            return False
         except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOBUFS):
-                counters.tx_dropped += count  # not an IP packet the kernel accepts
-                return False
-            raise
+            self._write_failed(exc, count)
+            return False
+        counters = self.counters
         counters.tx_packets += count
         counters.tx_bytes += size
         return True
+
+    def _write_failed(self, exc: OSError, count: int) -> None:
+        """A write that raised: ``count`` packets dropped and counted when the kernel refused them
+        (full queue, or not an IP packet it accepts), else re-raised."""
+        if isinstance(exc, (BlockingIOError, InterruptedError)) or exc.errno in _DROPPED_WRITE:
+            self.counters.tx_dropped += count
+        else:
+            raise exc
 
     def close(self) -> None:
         self._dev.close()

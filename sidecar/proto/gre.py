@@ -350,12 +350,11 @@ class GreSession:
         if self._ack_owed_since is not None:
             self._ack_owed_since = None
             self._owed = 0
-            return _HDR_SA.pack(
-                _B0_DATA, _B1_ACK, GRE_PROTOCOL_PPP, n, self.peer_call_id, seq, self._rx_highest
-            ) + bytes(ppp_frame)
-        return _HDR_S.pack(_B0_DATA, GRE_VERSION, GRE_PROTOCOL_PPP, n, self.peer_call_id, seq) + bytes(
-            ppp_frame
-        )
+            return (
+                _HDR_SA.pack(_B0_DATA, _B1_ACK, GRE_PROTOCOL_PPP, n, self.peer_call_id, seq, self._rx_highest)
+                + ppp_frame
+            )
+        return _HDR_S.pack(_B0_DATA, GRE_VERSION, GRE_PROTOCOL_PPP, n, self.peer_call_id, seq) + ppp_frame
 
     def timeout(self, now: float) -> tuple[list[bytes], list[bytes]]:
         """Timers: reorder gaps given up (frames delivered) and a delayed ack-only packet (to send)."""

@@ -174,6 +174,24 @@ def test_oversized_packet_is_refused_not_fragmented(
     assert nslib.wait_for(lambda: len(server.recv_batch()) == 1)
 
 
+def test_send_batch_sends_in_order_and_drops_only_what_does_not_fit(
+    pair: tuple[nslib.TwoHosts, GreSocket, GreSocket],
+) -> None:
+    _h, client, server = pair
+    batch = [gre(7, 1, b"a" * 100), gre(7, 2, b"x" * 1600), gre(7, 3, b"c" * 1400)]  # the 2nd > MTU
+    assert client.send_batch(batch) == 2
+    assert client.counters.tx_packets == 2 and client.counters.tx_too_big == 1
+    assert client.counters.tx_bytes == len(batch[0]) + len(batch[2])
+    got: list[bytes] = []
+
+    def both_arrived() -> bool:
+        got.extend(p for _, p in server.recv_batch())
+        return len(got) >= 2
+
+    assert nslib.wait_for(both_arrived)
+    assert got == [batch[0], batch[2]]
+
+
 def test_protocol_unreachable_from_the_server_is_transient(hosts: nslib.TwoHosts) -> None:
     """A server with no GRE socket (or an overflowing one) answers ICMP protocol unreachable; Linux
     reports it on the client's next read as ENOPROTOOPT. That must be counted, not end the session."""

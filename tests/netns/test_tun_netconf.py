@@ -89,6 +89,13 @@ def test_tun_reads_app_packets_in_a_batch_and_writes_packets_to_apps(ns: nslib.N
         assert tun.write(udp_packet(PEER, LOCAL, 9, port, b"pong"))
         assert nslib.wait_for(lambda: _recv(app) == b"pong")
         assert tun.counters.tx_packets == 1 and tun.counters.tx_bytes == 20 + 8 + 4
+        # a batch with a packet the kernel refuses (not IP: EINVAL): the others go, it is counted
+        b1, b2 = udp_packet(PEER, LOCAL, 9, port, b"b1"), udp_packet(PEER, LOCAL, 9, port, b"b2")
+        batch = [b1, b"\x00" * 28, b2]
+        assert tun.write_batch(batch) == 2
+        assert tun.counters.tx_packets == 3 and tun.counters.tx_dropped == 1
+        assert tun.counters.tx_bytes == 32 + 2 * 30
+        assert nslib.wait_for(lambda: _recv(app) == b"b1") and nslib.wait_for(lambda: _recv(app) == b"b2")
     finally:
         app.close()
         nc.restore()

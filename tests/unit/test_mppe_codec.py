@@ -302,3 +302,12 @@ def test_decoder_fed_random_bytes(stateful: bool, blobs: list[bytes]) -> None:
     for blob in blobs:
         out = b.decrypt(blob)
         assert out is None or isinstance(out, bytes)
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_encrypt_puts_the_prefix_in_front_of_the_same_packet(stateful: bool) -> None:
+    plain, prefixed = pair(128, stateful), pair(128, stateful)
+    for i in range(300):  # past a stateful flag packet (count 0xFF)
+        bare = plain[0].encrypt(payload(i))
+        assert prefixed[0].encrypt(payload(i), b"\xff\x03\x00\xfd") == b"\xff\x03\x00\xfd" + bare
+        assert prefixed[1].decrypt(bare) == payload(i)

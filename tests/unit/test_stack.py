@@ -353,3 +353,20 @@ def test_a_peer_that_never_acks_is_not_paced() -> None:
     assert p.client.send_room() == 0
     p.client.window_stalled()
     assert p.client.peer_window == 0 and p.client.send_room() == NO_WINDOW
+
+
+def test_batches_carry_what_one_by_one_carries_and_count_alike() -> None:
+    p = Pair()
+    assert p.client.send_ips([b"\x45early", b"\x45too"], p.now) == ([], 0)  # before the call: dropped
+    assert p.client.counters.ip_out_dropped == 2
+    p.up()
+    sent = [b"\x45one", b"\x45two", b"\x45three"]
+    gre_packets, taken = p.client.send_ips(sent, p.now)
+    assert len(gre_packets) == 3 and taken == sum(map(len, sent))
+    assert p.client.counters.ip_out == 3 and p.client.counters.gre_out >= 3
+    assert p.server.gre_received_batch(gre_packets, p.now) == sent
+    assert p.server.counters.ip_in == 3
+    # a link that refuses a packet: the batch goes on without it, the refusal is counted
+    p.cl.up = False
+    assert p.client.send_ips([b"\x45four"], p.now) == ([], 0)
+    assert p.client.counters.ip_out_dropped == 3

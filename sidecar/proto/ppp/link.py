@@ -427,7 +427,7 @@ class PppLink:
         self.counters.tx_ip += 1
         codec = self.codec
         if codec is not None:
-            return self._hdr_mppe + codec.encrypt(field_ + packet)
+            return codec.encrypt(field_ + packet, self._hdr_mppe)
         return header + packet
 
     # -- control frames ---------------------------------------------------------------------------------

@@ -461,7 +461,9 @@ class MppeCodec:
         """The peer sent CCP Reset-Request: the next packet is flushed (A bit, new key)."""
         self._tx_flush = True
 
-    def encrypt(self, plaintext: bytes | memoryview) -> bytes:
+    def encrypt(self, plaintext: bytes | memoryview, prefix: bytes = b"") -> bytes:
+        """The MPPE header + ciphertext of ``plaintext``, behind ``prefix`` (the frame's PPP header,
+        so that the frame is built with one copy of the payload, not two)."""
         tx = self._tx
         count = (tx.ccount + 1) & _CCOUNT_MASK
         tx.ccount = count
@@ -473,7 +475,7 @@ class MppeCodec:
             # one fresh key per packet: the key stream starts over, no context is kept
             c.tx_rekeys += 1
             session = tx.session = tx.following_key(tx.session)
-            return _FLUSHED_HEADER[count] + tx.crypt(tx.new(session), plaintext)
+            return b"".join((prefix, _FLUSHED_HEADER[count], tx.crypt(tx.new(session), plaintext)))
         if (count & 0xFF) == 0xFF or self._tx_flush:
             if self._tx_flush:
                 c.tx_flushed += 1
@@ -483,7 +485,7 @@ class MppeCodec:
             header = _FLUSHED_HEADER[count]
         else:
             header = (_PLAIN_HEADER | count).to_bytes(2, "big")
-        return header + tx.crypt(tx.stream, plaintext)
+        return b"".join((prefix, header, tx.crypt(tx.stream, plaintext)))
 
     def decrypt(self, data: bytes | memoryview) -> bytes | None:
         c = self.counters
