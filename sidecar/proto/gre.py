@@ -406,12 +406,12 @@ class GreSession:
 
     # -- internals -----------------------------------------------------------------------------
     def _peer_acked(self, ack: int) -> None:
-        last = self.last_sent_seq
-        if last is None or not 0 <= serial_diff(ack, self._initial_seq) <= serial_diff(
-            last, self._initial_seq
-        ):
+        # serial_diff written out (once per received packet): ack must lie in [first sent, last sent]
+        first = self._initial_seq
+        span = ((self._tx_seq - 1 - first + SERIAL_HALF) & SERIAL_MASK) - SERIAL_HALF
+        if not self._sent_any or not 0 <= ((ack - first + SERIAL_HALF) & SERIAL_MASK) - SERIAL_HALF <= span:
             self.counters.ack_ignored += 1  # acks a number we never sent
             return
         prev = self.peer_ack
-        if prev is None or serial_diff(ack, prev) > 0:
+        if prev is None or ((ack - prev + SERIAL_HALF) & SERIAL_MASK) - SERIAL_HALF > 0:
             self.peer_ack = ack
