@@ -218,10 +218,10 @@ class Server:
         return session
 
     async def gre_loop(self) -> None:
-        gre, demux = self.gre, self.demux
+        gre, demux, tun = self.gre, self.demux, self.tun
         # the sessions' IP packets reach the kernel together, once per batch (coalesced with TUN
         # offload); in-process test stand-ins without write_batch take them one by one
-        write_batch = getattr(self.tun, "write_batch", None) or _write_each(self.tun)
+        write_batch = getattr(tun, "write_batch", None) or _write_each(tun)
         while True:
             await gre.wait_readable()
             while True:
@@ -238,40 +238,55 @@ class Server:
                 runs = demux.route_batch(batch)
                 for session, packets in runs:
                     session.gre_batch(packets, now, to_tun)
-                for session in dict.fromkeys(session for session, _ in runs):
-                    session.end_of_batch(now)
+                touched = [session for session, _ in runs]
                 if to_tun:
                     write_batch(to_tun)
+                    # The kernel answers what it was just given inside that write (TCP acks of a
+                    # bulk upload): sent now, they carry the GRE acks this batch owes, which would
+                    # otherwise leave in ack-only packets from each session's timer task. A read
+                    # error is the TUN reader's to report.
+                    with contextlib.suppress(OSError):
+                        touched += self._from_tun(now)[1]
+                for session in dict.fromkeys(touched):
+                    session.end_of_batch(now)
                 if len(batch) < 64:
                     break
                 await trio.lowlevel.checkpoint()
 
     async def tun_loop(self) -> None:
-        tun, by_address, counters = self.tun, self.by_address, self.counters
+        tun = self.tun
         while True:
             await tun.wait_readable()
             while True:
+                now = trio.current_time()
                 try:
-                    batch = tun.read_batch(64)
+                    read, sessions = self._from_tun(now)
                 except OSError as exc:
                     log.warning("%s: read failed: %s", getattr(tun, "name", "TUN device"), exc)
                     await trio.sleep(0.05)
                     break
-                if not batch:
-                    break
-                now = trio.current_time()
-                counters.tun_rx += len(batch)
-                runs, not_ipv4, no_client = group_by_destination(batch, by_address)
-                if not_ipv4 or no_client:
-                    counters.tun_not_ipv4 += not_ipv4
-                    counters.tun_no_client += no_client
-                for session, packets in runs:
-                    session.ip_batch(packets, now)
-                for session in dict.fromkeys(session for session, _ in runs):
+                for session in dict.fromkeys(sessions):
                     session.end_of_batch(now)
-                if len(batch) < 64:
+                if read < 64:
                     break
                 await trio.lowlevel.checkpoint()
+
+    def _from_tun(self, now: float) -> tuple[int, list[ClientSession]]:
+        """Read up to 64 packets from the TUN device and hand them to their sessions: how many
+        were read, and the sessions that got some (their outputs, events and timer are the
+        caller's)."""
+        batch = self.tun.read_batch(64)
+        if not batch:
+            return 0, []
+        counters = self.counters
+        counters.tun_rx += len(batch)
+        runs, not_ipv4, no_client = group_by_destination(batch, self.by_address)
+        if not_ipv4 or no_client:
+            counters.tun_not_ipv4 += not_ipv4
+            counters.tun_no_client += no_client
+        for session, packets in runs:
+            session.ip_batch(packets, now)
+        return len(batch), [session for session, _ in runs]
 
     async def shutdown(self, reason: str) -> None:
         """Say goodbye to every client (bounded by :data:`SHUTDOWN_TIMEOUT`)."""

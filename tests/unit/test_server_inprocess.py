@@ -391,3 +391,31 @@ def test_garbage_control_stream_ends_only_that_client(
     with caplog.at_level("INFO", logger="sidecar.server"):
         run_with({}, tmp_path, scenario)
     assert "client 2 (192.0.2.2): gone after" in caplog.text
+
+
+def test_kernel_answers_carry_the_gre_acks(tmp_path: Path) -> None:
+    """What the kernel answers inside the TUN write (the TCP acks of an upload) goes back in the
+    same turn of the GRE reader, carrying the GRE ack the batch owes: no ack-only packet."""
+
+    async def scenario(h: Harness) -> None:
+        a = MiniClient(CLIENT1, h.net, "alice", "alice pass")
+        await bring_up(h, a)
+        written = h.tun.write
+
+        def answering_write(packet: bytes) -> bool:  # the kernel answers every packet at once
+            h.tun.inject(ipv4_packet(SERVER_TUN_IP, A("10.77.0.10"), b"ack of " + packet[-2:]))
+            return written(packet)
+
+        h.tun.write = answering_write  # type: ignore[method-assign]
+        session = server_session(h, "alice")
+        ack_only = session.stack.gre.counters.tx_ack_only
+        assert a.gre is not None
+        for n in range(20):  # one GRE batch, more than ACK_EVERY packets
+            a.send_ip(ipv4_packet(A("10.77.0.10"), SERVER_TUN_IP, b"%02d" % n))
+        await trio.sleep(0.05)
+        assert [p[-2:] for p in h.tun.written[-20:]] == [b"%02d" % n for n in range(20)]
+        assert [p[-9:] for p in a.delivered[-20:]] == [b"ack of %02d" % n for n in range(20)]
+        assert session.stack.gre.counters.tx_ack_only == ack_only  # the acks rode on the answers
+        assert a.gre.peer_ack == a.gre.last_sent_seq  # and acknowledged all 20
+
+    run_with({}, tmp_path, scenario)
