@@ -19,8 +19,10 @@ Theory of operation - one nursery, these tasks, and cancellation is the only way
   receive window takes (``stack.send_room``) and waits for an ack when it is full (the GRE reader
   wakes it; ``stack.window_stalled`` after WINDOW_STALL without one);
 - timer: sleeps in a cancel scope whose deadline is the machines' earliest ``next_deadline()``;
-  after every input ``_after_input`` moves that deadline (earlier or later) without waking the task,
-  so an ack falling due costs a deadline update, not a task switch per packet;
+  after every input ``_after_input`` moves that deadline earlier when a machine needs it earlier,
+  without waking the task (an ack falling due costs a deadline update, not a task switch per
+  packet); a deadline that went away or later is left to the timer's next wake-up, which finds
+  nothing due, re-reads the machines and sleeps again;
 - publisher: copies counters to the board once a second;
 - stop watcher: on the supervisor's stop request, starts the goodbye (LCP Terminate-Request,
   Call-Clear-Request, Stop-Control-Connection-Request) and ends the session within 2 s, answered or not.
@@ -474,9 +476,11 @@ class Session:
             self._done.set()
         scope = self._timer_scope
         if scope is not None:
+            # Only ever earlier: a later (or no) deadline waits for the sleeping timer's wake-up,
+            # which re-reads it. An owed ack comes and goes with every batch; moving the scope
+            # each time cost more than one early wake-up per ack delay.
             deadline = stack.next_deadline()
-            deadline = math.inf if deadline is None else deadline
-            if deadline != scope.deadline:
+            if deadline is not None and deadline < scope.deadline:
                 scope.deadline = deadline
 
     def _handle(self, ev: Any, now: float) -> None:
