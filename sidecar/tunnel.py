@@ -17,7 +17,7 @@ Theory of operation - one nursery, these tasks, and cancellation is the only way
 - TUN reader: same, the other way: the batch through ``stack.send_ips`` (PppLink.send_ip ->
   GreSession.send), then the GRE packets in one ``send_batch``; it reads no more than the peer's
   receive window takes (``stack.send_room``) and waits for an ack when it is full (the GRE reader
-  wakes it; ``stack.window_stalled`` after WINDOW_STALL without one);
+  wakes it; after WINDOW_STALL without one the timer calls ``stack.window_stalled`` and wakes it);
 - timer: sleeps in a cancel scope whose deadline is the machines' earliest ``next_deadline()``;
   after every input ``_after_input`` moves that deadline earlier when a machine needs it earlier,
   without waking the task (an ack falling due costs a deadline update, not a task switch per
@@ -136,6 +136,7 @@ class Session:
         self.failure: str | None = None
         self.bytes_in = self.bytes_out = self.packets_in = self.packets_out = 0
         self._timer_scope: trio.CancelScope | None = None  # the sleeping timer's; None while it runs
+        self._stall_at: float | None = None  # the TUN reader waits for an ack until then (window full)
         self._acked = trio.Event()
         self._control_dirty = trio.Event()
         self._done = trio.Event()
@@ -363,10 +364,12 @@ class Session:
             room = room_for()
             if room <= 0:  # the peer's receive window is full: wait for its ack (RFC 2637 §4.2)
                 self._acked = trio.Event()
-                with trio.move_on_after(WINDOW_STALL) as waited:
-                    await self._acked.wait()
-                if waited.cancelled_caught:
-                    stack.window_stalled()
+                stall_at = self._stall_at = trio.current_time() + WINDOW_STALL
+                scope = self._timer_scope  # the timer gives up on the ack (no cancel scope per wait)
+                if scope is not None and stall_at < scope.deadline:
+                    scope.deadline = stall_at
+                await self._acked.wait()
+                self._stall_at = None
                 continue
             await tun.wait_readable()
             try:
@@ -389,12 +392,21 @@ class Session:
         assert stack is not None and tun is not None and gre is not None
         while True:
             deadline = stack.next_deadline()
+            stall_at = self._stall_at
+            if stall_at is not None and (deadline is None or stall_at < deadline):
+                deadline = stall_at
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                self._timer_scope = scope  # _after_input moves its deadline
+                self._timer_scope = scope  # _after_input and the TUN reader move its deadline
                 await trio.sleep_forever()
             # Awake: the deadline is re-read at the top of the loop, nothing moves it meanwhile.
             self._timer_scope = None
             now = trio.current_time()
+            stall_at = self._stall_at
+            if stall_at is not None and now >= stall_at:
+                self._stall_at = None
+                if not self._acked.is_set():  # no ack within WINDOW_STALL: the TUN reader goes on
+                    stack.window_stalled()
+                    self._acked.set()
             ips, packets = stack.timeout(now)
             if ips:
                 self._to_tun(ips)
