@@ -5,7 +5,8 @@ network blackholed, the server process killed - and each must be detected, recov
 kill switch must hold meanwhile: an app in the client namespace sends to an outside address all the
 time, and an nft counter on the server side of the client's uplink sees none of it arrive outside
 the tunnel (the counter is first shown to count: the app's packets leave before the client starts).
-Then 5 % GRE loss (data still flows, no reconnect) and, last, SIGTERM: goodbye within 2 s (the
+Then 5 % GRE loss (data still flows, no reconnect), a server whose GRE acks stop coming (the
+client gives up waiting after WINDOW_STALL and sends on) and, last, SIGTERM: goodbye within 2 s (the
 server sees LCP Terminate-Request, Call-Clear-Request and Stop-Control-Connection-Request on the
 wire), routes, addresses and resolv.conf exactly as before.
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +103,61 @@ def test_five_percent_gre_loss_data_still_flows(lab: fl.Lab) -> None:
     assert after["state"] == "up" and after["reconnects"] == before["reconnects"]
     lost = after["counters"].get("reorder_lost", 0) - before["counters"].get("reorder_lost", 0)
     assert lost > 0, "no loss seen: was the fault active?"
+
+
+UDP_COUNT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(float(sys.argv[3]))
+print("ready", flush=True)
+n = 0
+try:
+    while True:
+        s.recv(2048)
+        n += 1
+except TimeoutError:
+    pass
+print(n, flush=True)
+"""
+UDP_SEND = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[3])):
+    s.sendto(b"x" * 200, (sys.argv[1], int(sys.argv[2])))
+    if i % 50 == 49:
+        time.sleep(0.01)  # the TUN queue (500 packets) must not overflow while the window waits
+"""
+
+
+def test_a_peer_that_stops_acking_does_not_stop_the_sending(lab: fl.Lab) -> None:
+    """RFC 2637 §4.2 pacing: with the server's GRE window (64) full and no ack coming back (the
+    server's outgoing GRE dropped), the client gives up waiting after WINDOW_STALL and sends on."""
+    fl.wait_up(lab.client)
+    stalls = lab.client.status()["counters"].get("stack_window_stalls", 0)
+    count, port = 300, 5009
+    receiver = lab.server_ns.popen(
+        [sys.executable, "-c", UDP_COUNT, str(SERVER_TUN_IP), str(port), "3"], stdout=subprocess.PIPE
+    )
+    try:
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == b"ready"
+        drop_out = "  chain out { type filter hook output priority -5; ip protocol gre drop; }"
+        fl.nft_table(lab.server_ns, fl.FAULTS, drop_out)
+        lab.client_ns.run([sys.executable, "-c", UDP_SEND, str(SERVER_TUN_IP), str(port), str(count)])
+        got = int(receiver.communicate(timeout=30)[0].split()[-1])
+    finally:
+        fl.fault_clear(lab.server_ns)
+        if receiver.poll() is None:
+            receiver.kill()
+    assert got == count, f"{got} of {count} datagrams arrived with the acks gone"
+    after = fl.wait_until(
+        lambda: (
+            lab.client.status()["counters"].get("stack_window_stalls", 0) > stalls and lab.client.status()
+        ),
+        5,
+        "window stalls counted",
+    )
+    assert after["counters"]["stack_window_stalls"] >= count // 64 - 1, after["counters"]
 
 
 def test_sigterm_goodbye_within_2s_and_namespace_restored(lab: fl.Lab) -> None:
