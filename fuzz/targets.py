@@ -37,6 +37,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "mppe": ("fuzz.t_mppe", "target_mppe"),
     "link": ("fuzz.t_link", "target_link"),
     "stack": ("fuzz.t_stack", "target_stack"),
+    "offload_segment": ("fuzz.t_offload", "target_offload_segment"),
 }
 
 SEED_MODULES = (
@@ -47,6 +48,7 @@ SEED_MODULES = (
     "fuzz.t_mppe",
     "fuzz.t_link",
     "fuzz.t_stack",
+    "fuzz.t_offload",
 )
 
 
