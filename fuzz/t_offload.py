@@ -1,20 +1,25 @@
-"""Fuzz target for TUN offload (``sidecar/proto/offload.py``): frames the kernel hands over (virtio
-header + a possibly 64 KB TCP super-packet). Bad input may only raise :class:`OffloadError`, and
-every segment claims exactly its own length in its IP header. (The coalescer's round trip is
-checked by hypothesis in tests/unit/test_offload.py.)
+"""Fuzz targets for TUN offload (``sidecar/proto/offload.py``): frames the kernel hands over (virtio
+header + a possibly 64 KB TCP super-packet) and the coalescer that builds frames for the kernel.
+
+Bad input may only raise :class:`OffloadError` (segment) or nothing (coalesce, which passes what it
+cannot merge through unchanged). Every segment states exactly its own length in its IP header; the
+coalescer's frames hold every packet of the batch, and segmented again give back exactly those
+packets (other flows may move around a run; per-flow order is checked by hypothesis in
+tests/unit/test_offload.py).
 """
 
 from __future__ import annotations
 
 import struct
 
-from fuzz.common import check
+from fuzz.common import InvariantError, Reader, blob, check
 from sidecar.proto.offload import (
     GSO_ECN,
     GSO_TCPV4,
     GSO_TCPV6,
     NEEDS_CSUM,
     VNET_HDR_LEN,
+    Coalescer,
     OffloadError,
     VnetHeader,
     checksum,
@@ -46,6 +51,27 @@ def target_offload_segment(data: bytes) -> None:
             check(_claims_its_length(p), f"segment of {len(p)} bytes states another length")
 
 
+def target_offload_coalesce(data: bytes) -> None:
+    """A batch written to the TUN device: first octet bit 0 = the destination is local, then
+    length-prefixed packets (at most 64)."""
+    r = Reader(data)
+    local = (LOCAL_V4,) if r.u8() & 1 else ()
+    packets: list[bytes] = []
+    while r.pos < len(r.data) and len(packets) < 64:
+        packets.append(r.blob())
+    frames = Coalescer(local).coalesce(packets)
+    check(sum(count for _, count, _ in frames) == len(packets), "frames do not hold every packet")
+    back: list[bytes] = []
+    for frame, count, total in frames:
+        try:
+            got = segment(VnetHeader.unpack(frame), frame[VNET_HDR_LEN:])
+        except OffloadError as exc:
+            raise InvariantError(f"a frame we wrote does not segment: {exc}") from exc
+        check(len(got) == count and sum(map(len, got)) == total, "a frame's count or length is wrong")
+        back.extend(got)
+    check(sorted(back) == sorted(packets), "segmenting the frames does not give the batch back")
+
+
 def _tcp4(seq: int, payload: bytes, ident: int) -> bytes:
     """An IPv4/TCP segment from 10.77.0.2:5001 to 10.77.0.1:80 with valid checksums."""
     tcp = struct.pack("!HHIIBBHHH", 5001, 80, seq, 1, 5 << 4, 0x10, 512, 0, 0) + payload
@@ -64,4 +90,8 @@ def seeds() -> dict[str, list[bytes]]:
     whole = _tcp4(1000, bytes(range(250)), 7)
     return {
         "offload_segment": [VnetHeader().pack() + flow[0], gso + whole, gso[:4] + b"\0" * 6 + whole],
+        "offload_coalesce": [
+            b"\x01" + b"".join(blob(p) for p in flow),
+            b"\x00" + b"".join(blob(p) for p in [*flow[:2], b"\x45junk", *flow[2:]]),
+        ],
     }

@@ -38,6 +38,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "link": ("fuzz.t_link", "target_link"),
     "stack": ("fuzz.t_stack", "target_stack"),
     "offload_segment": ("fuzz.t_offload", "target_offload_segment"),
+    "offload_coalesce": ("fuzz.t_offload", "target_offload_coalesce"),
 }
 
 SEED_MODULES = (

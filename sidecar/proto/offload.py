@@ -232,12 +232,11 @@ class _Run:
 class Coalescer:
     """Merges the in-order IP packets of one receive batch into frames for an offload TUN device.
 
-    ``local``: packed addresses (4 or 16 bytes) the kernel delivers to itself. A segment for one
-    of them is not summed here: its super-packet carries a complete TCP checksum derived from the
-    segments' own checksum fields (header arithmetic only), and the kernel verifies it before TCP
-    sees the data, so a damaged segment drops its whole super-packet. Anything the kernel might
-    forward is verified here and written with ``NEEDS_CSUM``, since segmentation on the way out
-    would compute fresh checksums over whatever it holds."""
+    Every segment's checksums are verified here; a damaged one is never merged (it passes alone,
+    and the kernel drops it). ``local``: packed addresses (4 or 16 bytes) the kernel delivers to
+    itself: their super-packets carry a complete TCP checksum derived from the segments' checksum
+    fields, which the kernel verifies again. Anything the kernel might forward is written with
+    ``NEEDS_CSUM``, since segmentation on the way out computes fresh checksums."""
 
     def __init__(self, local: Iterable[bytes] = ()) -> None:
         self.counters = CoalesceCounters()
@@ -301,9 +300,8 @@ _TCP = struct.Struct("!4sIIBBHHH")  # ports, seq, ack, data offset, flags, windo
 
 
 def _parse_segment(packet: bytes, local: frozenset[bytes]) -> _Segment | None:
-    """A TCP segment that may join a run (its IP checksum verified, and its TCP checksum too
-    unless the destination is local), else None. The merge key holds every header field that
-    segmentation copies to each segment."""
+    """A TCP segment that may join a run (its IP and TCP checksums verified), else None. The merge
+    key holds every header field that segmentation copies to each segment."""
     n = len(packet)
     if n < 40:
         return None
@@ -332,10 +330,12 @@ def _parse_segment(packet: bytes, local: frozenset[bytes]) -> _Segment | None:
     if head < ip_hl + 20 or head > n:
         return None
     pseudo = int.from_bytes(addrs, "big") + PROTO_TCP + n - ip_hl
-    if dest in local:  # if the checksum holds, the payload's residue is what completes it
-        residue = -(pseudo + int.from_bytes(packet[ip_hl:head], "big")) % 0xFFFF
-    elif (pseudo + _residue(packet[ip_hl:])) % 0xFFFF:
+    # Every segment is verified here, local or not: a summed checksum alone would let two damaged
+    # segments whose errors cancel through (found by fuzzing the coalescer).
+    if (pseudo + _residue(packet[ip_hl:])) % 0xFFFF:
         return None  # damaged (or a valid checksum we would not reproduce): the kernel decides
+    if dest in local:  # the checksum holds, so the payload's residue is what completes it
+        residue = -(pseudo + int.from_bytes(packet[ip_hl:head], "big")) % 0xFFFF
     else:
         residue = -1
     key = (*ip_key, ack, offset, flags & ~_PSH, window, urgent, packet[ip_hl + 20 : head])

@@ -125,8 +125,8 @@ def _tcp_in_csum_errors(ns: nslib.Netns) -> int:
 
 
 def test_kernel_verifies_a_super_packet_for_the_local_address(ns: nslib.Netns) -> None:
-    """A super-packet for the device's own address carries a derived checksum (not summed in
-    Python): the kernel must drop one whose segment was damaged, and take the intact one."""
+    """A damaged segment for the device's own address is never merged (the two before it are):
+    it is written alone, the kernel drops it and takes the intact retransmission."""
     from scapy.layers.inet import IP, TCP
 
     from sidecar.kernel.tun import TunDevice
@@ -169,9 +169,10 @@ def test_kernel_verifies_a_super_packet_for_the_local_address(ns: nslib.Netns) -
         broken[-100] ^= 0xFF
         damaged[2] = bytes(broken)
         before = _tcp_in_csum_errors(ns)
-        assert tun.write_batch(damaged) == 4  # written as one super-packet...
-        assert tun.write_batch(good) == 4  # ...and the intact one after it (a retransmission)
-        assert tun.counters.tx_super_packets == 2
+        assert tun.write_batch(damaged) == 4  # segments 0-1 merged, the damaged 2 and then 3 alone...
+        assert tun.counters.tx_super_packets == 1 and tun.counters.tx_coalesced == 2
+        assert tun.write_batch(good) == 4  # ...and the intact retransmission as one super-packet
+        assert tun.counters.tx_super_packets == 2 and tun.counters.tx_coalesced == 6
         received = b""
         while len(received) < len(data):
             received += conn.recv(65536)
