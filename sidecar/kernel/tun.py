@@ -21,14 +21,13 @@ mode, with one log line saying why.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv6Address
 
@@ -104,7 +103,6 @@ class TunDevice:
         self.counters = TunCounters()
         self._bufsize = OFFLOAD_READ if self.offload else PLAIN_READ
         self._pending: list[bytes] = []  # segments read but beyond the caller's max
-        self._held: list[bytes] | None = None  # writes queued by hold()
         self._coalescer = Coalescer()
         if self.offload:
             log.debug("%s: TUN offload on (TCP super-packets both ways)", self.name)
@@ -209,11 +207,7 @@ class TunDevice:
         return out
 
     def write(self, packet: bytes | bytearray | memoryview) -> bool:
-        """Hand one IP packet to the kernel (tunnel -> apps). False = dropped (counted). Inside
-        :meth:`hold` the packet is queued (True) and written with the others when the hold ends."""
-        if self._held is not None:
-            self._held.append(bytes(packet))
-            return True
+        """Hand one IP packet to the kernel (tunnel -> apps). False = dropped (counted)."""
         return self._write_frame(ZERO_HEADER + packet if self.offload else packet, 1, len(packet))
 
     def write_batch(self, packets: Sequence[bytes]) -> int:
@@ -247,22 +241,6 @@ class TunDevice:
         """The device's own addresses: TCP written to them is delivered here, and the kernel
         verifies a super-packet's checksum itself (see :class:`~sidecar.proto.offload.Coalescer`)."""
         self._coalescer.local = frozenset(a.packed for a in addresses)
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """Queue every :meth:`write` until the block ends, then write them as one batch (the
-        server's GRE loop: its sessions write one packet at a time)."""
-        if self._held is not None:  # already held: the outer hold writes
-            yield
-            return
-        held: list[bytes] = []
-        self._held = held
-        try:
-            yield
-        finally:
-            self._held = None
-            if held:
-                self.write_batch(held)
 
     def _write_frame(self, frame: bytes | bytearray | memoryview, count: int, size: int) -> bool:
         """Write one frame holding ``count`` IP packets of ``size`` bytes together."""

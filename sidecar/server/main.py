@@ -219,9 +219,8 @@ class Server:
 
     async def gre_loop(self) -> None:
         gre, demux, tun = self.gre, self.demux, self.tun
-        # the sessions' IP packets reach the kernel together, once per batch (coalesced with TUN
-        # offload); in-process test stand-ins without write_batch take them one by one
-        write_batch = getattr(tun, "write_batch", None) or _write_each(tun)
+        # the sessions' IP packets reach the kernel together, once per batch (coalesced with TUN offload)
+        write_batch = tun.write_batch
         while True:
             await gre.wait_readable()
             while True:
@@ -514,16 +513,6 @@ async def serve(
                 cleanup()
             except Exception as exc:
                 log.warning("cleanup: %s", exc)
-
-
-def _write_each(tun: Any) -> Callable[[list[bytes]], object]:
-    """``write_batch`` for a TUN device that only has ``write`` (in-process test stand-ins)."""
-
-    def write_batch(packets: list[bytes]) -> None:
-        for packet in packets:
-            tun.write(packet)
-
-    return write_batch
 
 
 def _disable_ipv6(ifname: str) -> None:

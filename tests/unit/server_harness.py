@@ -84,6 +84,9 @@ class FakeTun:
         self.written.append(bytes(packet))
         return True
 
+    def write_batch(self, packets: list[bytes]) -> int:
+        return sum(1 for packet in packets if self.write(packet))  # one by one: tests wrap write()
+
     def inject(self, packet: bytes) -> None:
         self.inbox.append(packet)
         self.ready.set()
