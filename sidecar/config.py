@@ -191,7 +191,11 @@ _ECHO = (
     _o("echo_interval", "PPTP control Echo-Request after this many idle seconds [default: 60]"),
     _o("echo_timeout", "Seconds to wait for the Echo-Reply before the peer is dead [default: 15]"),
     _o("lcp_echo_interval", "Seconds between LCP Echo-Requests [default: 10]"),
-    _o("lcp_echo_failures", "Unanswered LCP echoes before the link is declared dead [default: 3]"),
+    _o(
+        "lcp_echo_failures",
+        "LCP echo intervals in a row with no reply and no data from the peer before the link is "
+        "declared dead [default: 3]",
+    ),
 )
 
 UP_OPTIONS: tuple[Opt, ...] = (

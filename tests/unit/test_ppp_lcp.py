@@ -239,6 +239,25 @@ def test_keepalive_counts_missed_replies() -> None:
     assert disabled.next_deadline() is None
 
 
+def test_keepalive_counts_data_from_the_peer_as_an_answer() -> None:
+    k = Keepalive(interval=1.0, failures=2)
+    k.start(0.0)
+    k.sent(1, 1.0, heard=0)
+    k.sent(2, 2.0, heard=5)  # no reply to 1, but five data packets arrived meanwhile
+    assert k.missed == 0
+    k.sent(3, 3.0, heard=5)  # silence for an interval
+    assert k.missed == 1 and not k.dead
+    k.sent(4, 4.0, heard=5)
+    assert k.dead
+    k.start(10.0)
+    k.sent(1, 11.0, heard=5)
+    assert k.answered(1, 11.5) == pytest.approx(0.5)
+    k.sent(2, 12.0, heard=5)
+    k.sent(3, 13.0, heard=5)
+    assert k.missed == 1 and k.answered(2, 13.01) == pytest.approx(1.01)  # a late reply still counts
+    assert k.missed == 0
+
+
 def test_protocol_reject_of_ipcp_brings_the_link_down() -> None:
     h = Harness.make(client_config(), server_config())
     h.run()

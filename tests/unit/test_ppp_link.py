@@ -335,6 +335,35 @@ def test_keepalive_rtt_and_dead_peer() -> None:
     assert 15 <= h.now - start <= 30
 
 
+def test_keepalive_data_from_the_peer_counts_as_life() -> None:
+    """Every Echo-Reply lost (a lossy path) but the server's data still arriving: the link stays up.
+    When the data stops too, the silence is detected in ``failures`` intervals, as before."""
+    h = Harness.make(client_config(echo_interval=1.0, echo_failures=2), server_config())
+    h.run()
+    wire = h.net.send
+
+    def echo_replies_lost(now: float, dest: int, frame: bytes) -> None:
+        protocol, payload = F.decode_frame(frame)
+        if dest == 0 and protocol == F.LCP and payload[0] == F.ECHO_REPLY:
+            return
+        wire(now, dest, frame)
+
+    h.net.send = echo_replies_lost  # type: ignore[method-assign]
+    start = h.now
+    while h.now < start + 10:
+        frame = h.server.send_ip(ipv4_packet(b"still here"), h.now)
+        assert frame is not None
+        h.net.send(h.now, 0, frame)
+        h.run(until_settled=False, limit=h.now + 0.7)
+    assert not [e for e in h.events[0] if isinstance(e, LinkDown)]
+    assert h.client.counters.echo_requests_sent >= 9 and h.client.counters.rx_ip >= 9
+    quiet = h.now
+    while h.now < quiet + 10 and not [e for e in h.events[0] if isinstance(e, LinkDown)]:
+        h.run(until_settled=False, limit=h.now + 0.1)
+    assert h.down(0).reason == "the server stopped answering LCP echo requests"
+    assert h.now - quiet <= 3.1
+
+
 def test_close_sends_reason_to_the_peer() -> None:
     h = Harness.make(client_config(), server_config())
     h.run()

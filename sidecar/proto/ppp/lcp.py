@@ -309,10 +309,16 @@ def protocol_reject(identifier: int, protocol: int, information: bytes | memoryv
 
 @dataclass
 class Keepalive:
-    """LCP Echo keepalive: an Echo-Request every ``interval``; dead after ``failures`` unanswered.
+    """LCP Echo keepalive: an Echo-Request every ``interval``; dead after ``failures`` intervals in a
+    row with neither an Echo-Reply nor any data from the peer.
 
-    Sans-IO: :meth:`timeout` says when to send (the caller builds the packet with the identifier
-    it returns), :meth:`answered` takes Echo-Replies and returns the round-trip time.
+    Data counts as a sign of life (like pppd's ``lcp-echo-adaptive``): on a lossy path that still
+    carries traffic, losing a few echoes in a row must not tear down a working link. The caller passes
+    a count of the data packets the peer delivered (``heard``); a count that moved since the last
+    request clears the misses, just as a reply does.
+
+    Sans-IO: :meth:`due` says when to send (the caller builds the packet with its own identifier and
+    calls :meth:`sent`), :meth:`answered` takes Echo-Replies and returns the round-trip time.
     """
 
     interval: float
@@ -321,12 +327,14 @@ class Keepalive:
     missed: int = 0
     _deadline: float | None = None
     _outstanding: dict[int, float] | None = None
+    _heard: int = -1
 
     def start(self, now: float) -> None:
         if self.interval <= 0 or self.failures <= 0:
             return
         self.running = True
         self.missed = 0
+        self._heard = -1
         self._outstanding = {}
         self._deadline = now + self.interval
 
@@ -346,10 +354,15 @@ class Keepalive:
         """True when an Echo-Request should go now (then call :meth:`sent`)."""
         return self.running and self._deadline is not None and now >= self._deadline
 
-    def sent(self, identifier: int, now: float) -> None:
+    def sent(self, identifier: int, now: float, heard: int = -1) -> None:
+        """An Echo-Request went with ``identifier``; ``heard`` counts the peer's data packets so far
+        (-1: not tracked)."""
         assert self._outstanding is not None
-        if self._outstanding:
-            self.missed += 1  # the previous request went unanswered for a whole interval
+        if heard >= 0 and heard != self._heard:
+            self.missed = 0  # the peer's data arrived during the interval: it is alive
+        elif self._outstanding:
+            self.missed += 1  # the previous request went unanswered for a whole interval, in silence
+        self._heard = heard
         self._outstanding[identifier] = now
         while len(self._outstanding) > 8:
             self._outstanding.pop(next(iter(self._outstanding)))

@@ -318,7 +318,7 @@ class PppLink:
             self._check_auth(now)
         if self.keepalive.due(now):
             ident = self.lcp.next_identifier()
-            self.keepalive.sent(ident, now)
+            self.keepalive.sent(ident, now, self.counters.rx_ip)
             if self.keepalive.dead:
                 self.keepalive.stop()
                 self._go_down(now, f"the {self._other} stopped answering LCP echo requests")
