@@ -97,7 +97,7 @@ def test_five_percent_gre_loss_data_still_flows(lab: fl.Lab) -> None:
     finally:
         fl.fault_clear(lab.server_ns)
     assert intact and size == 1_000_000
-    assert replies >= 14  # ~90 % expected (5 % each way)
+    assert replies >= 12  # ~90 % expected (5 % each way); fewer than 12 of 20: p < 0.0002
     time.sleep(1.1)
     after = lab.client.status()
     assert after["state"] == "up" and after["reconnects"] == before["reconnects"]
