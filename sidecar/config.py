@@ -724,6 +724,16 @@ def _mppe(r: _Reader) -> tuple[MppePolicy, str, bool, frozenset[int]]:
     return _mppe_policy(name), name, stateful, bits
 
 
+def _keepalive(r: _Reader) -> dict[str, Any]:
+    """The four keepalive options ``up`` and ``serve`` share (the _ECHO rows), as settings fields."""
+    return {
+        "echo_interval": r.get("echo_interval", float_between(1.0, 3600.0), 60.0),
+        "echo_timeout": r.get("echo_timeout", float_between(1.0, 600.0), 15.0),
+        "lcp_echo_interval": r.get("lcp_echo_interval", float_between(0.5, 3600.0), 10.0),
+        "lcp_echo_failures": r.get("lcp_echo_failures", int_between(1, 100), 3),
+    }
+
+
 def _finish(r: _Reader) -> None:
     if r.problems:
         raise ConfigError(r.problems)
@@ -750,10 +760,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     reorder_timeout = r.get(
         "reorder_timeout", float_between(0.0, 10.0, lo_open=True), DEFAULT_REORDER_TIMEOUT
     )
-    echo_interval = r.get("echo_interval", float_between(1.0, 3600.0), 60.0)
-    echo_timeout = r.get("echo_timeout", float_between(1.0, 600.0), 15.0)
-    lcp_echo_interval = r.get("lcp_echo_interval", float_between(0.5, 3600.0), 10.0)
-    lcp_echo_failures = r.get("lcp_echo_failures", int_between(1, 100), 3)
+    keepalive = _keepalive(r)
     kill_switch = r.get("kill_switch", parse_bool, True)
     allow_subnets = r.get("allow_subnet", _networks_or_fail, ())
     http = r.get("http", lambda t: parse_hostport(t, allow_off=True), DEFAULT_HTTP)
@@ -787,10 +794,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
         tun_offload=tun_offload,
         reorder_window=reorder_window,
         reorder_timeout=reorder_timeout,
-        echo_interval=echo_interval,
-        echo_timeout=echo_timeout,
-        lcp_echo_interval=lcp_echo_interval,
-        lcp_echo_failures=lcp_echo_failures,
+        **keepalive,
         kill_switch=kill_switch,
         allow_subnets=allow_subnets,
         http=http,
@@ -897,10 +901,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
     dns = r.get("dns", parse_ipv4_list, ())
     interface = r.get("interface", parse_interface, "pptpsrv0")
     tun_offload = r.get("tun_offload", _parse_tun_offload, False)
-    echo_interval = r.get("echo_interval", float_between(1.0, 3600.0), 60.0)
-    echo_timeout = r.get("echo_timeout", float_between(1.0, 600.0), 15.0)
-    lcp_echo_interval = r.get("lcp_echo_interval", float_between(0.5, 3600.0), 10.0)
-    lcp_echo_failures = r.get("lcp_echo_failures", int_between(1, 100), 3)
+    keepalive = _keepalive(r)
     test_reorder = r.get("test_reorder", parse_fraction, 0.0)
     max_clients = r.get("max_clients", int_between(1, 4096), 16)
     http = r.get("http", lambda t: parse_hostport(t, allow_off=True), None)
@@ -920,10 +921,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
         dns=dns,
         interface=interface,
         tun_offload=tun_offload,
-        echo_interval=echo_interval,
-        echo_timeout=echo_timeout,
-        lcp_echo_interval=lcp_echo_interval,
-        lcp_echo_failures=lcp_echo_failures,
+        **keepalive,
         test_reorder=test_reorder,
         max_clients=max_clients,
         http=http,

@@ -361,6 +361,7 @@ def test_serve_defaults(secrets_file: Path) -> None:
     assert s.local_ip not in s.pool and len(s.pool) == 90
     assert s.secrets == secrets_file and s.auth == (AuthMethod.MSCHAP_V2,) and s.mppe is MppePolicy.REQUIRE
     assert s.dns == () and s.test_reorder == 0.0 and s.http is None and s.max_clients == 16
+    assert (s.echo_interval, s.echo_timeout, s.lcp_echo_interval, s.lcp_echo_failures) == (60, 15, 10, 3)
 
 
 def test_serve_from_environment(secrets_file: Path) -> None:
@@ -376,8 +377,13 @@ def test_serve_from_environment(secrets_file: Path) -> None:
             "PPTP_MPPE": "refuse",
             "PPTP_AUTH": "chap,pap",
             "PPTP_HTTP": "127.0.0.1:9102",
+            "PPTP_ECHO_INTERVAL": "20",
+            "PPTP_ECHO_TIMEOUT": "4",
+            "PPTP_LCP_ECHO_INTERVAL": "1.5",
+            "PPTP_LCP_ECHO_FAILURES": "5",
         },
     )
+    assert (s.echo_interval, s.echo_timeout, s.lcp_echo_interval, s.lcp_echo_failures) == (20, 4, 1.5, 5)
     assert s.listen == ("127.0.0.1", 11723)
     # the CIDR's hosts minus the server's own address
     assert s.pool == tuple(IPv4Address(f"10.9.0.{i}") for i in range(2, 7))
