@@ -184,14 +184,12 @@ class ClientSession:
         if self.ended:
             return
         try:
-            receive = self.stack.gre_received
             if self.up:
-                ips: list[bytes] = []
-                for packet in packets:
-                    ips += receive(packet, now)
+                ips = self.stack.gre_received_batch(packets, now)
                 if ips:
                     self._to_tun(ips, tun_out)
             else:
+                receive = self.stack.gre_received
                 for packet in packets:
                     ips = receive(packet, now)
                     if ips:
@@ -207,21 +205,22 @@ class ClientSession:
             return
         sent = sent_bytes = dropped = 0
         try:
-            send_ip, up, reorderer = self.stack.send_ip, self.up, self.reorderer
-            gre_send, peer = self.hooks.gre.send, self.peer
-            for packet in packets:
-                frames = send_ip(packet, now)
-                if not frames:
-                    dropped += 1
-                else:
-                    sent += 1
-                    sent_bytes += len(packet)
-                    if reorderer is None:
-                        for frame in frames:
-                            gre_send(frame, peer)
+            if self.up:
+                frames, sent_bytes = self.stack.send_ips(packets, now)
+                sent = len(frames)
+                dropped = len(packets) - sent
+                if frames:
+                    self._send_gre(frames, now)
+            else:
+                send_ip = self.stack.send_ip
+                for packet in packets:
+                    frames = send_ip(packet, now)
+                    if frames:
+                        sent += 1
+                        sent_bytes += len(packet)
+                        self._send_gre(frames, now)
                     else:
-                        self._send_gre(frames, now, data=True)
-                if not up:
+                        dropped += 1
                     self._after_input(now)
         except Exception as exc:
             self._internal_error("TUN input", exc)
@@ -264,7 +263,7 @@ class ClientSession:
         c.ip_in += len(admitted)
         c.ip_in_bytes += sum(map(len, admitted))
 
-    def _send_gre(self, packets: list[bytes], now: float, *, data: bool = False) -> None:
+    def _send_gre(self, packets: list[bytes], now: float) -> None:
         gre, peer, reorderer = self.hooks.gre, self.peer, self.reorderer
         for packet in packets:
             if reorderer is not None and is_data_packet(packet):
