@@ -79,6 +79,7 @@ class UpSettings:
     mtu: int | None = None
     interface: str = "pptp0"
     tun_offload: bool = False  # "auto": TUN segmentation/receive offload when the kernel has it
+    tcp_ack_filter: bool = True  # leave out pure TCP acks a later one in the same batch supersedes
     reorder_window: int = DEFAULT_REORDER_WINDOW
     reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
     echo_interval: float = 60.0  # PPTP control-connection Echo-Request after this idle time
@@ -118,6 +119,7 @@ class ServeSettings:
     dns: tuple[IPv4Address, ...] = ()
     interface: str = "pptpsrv0"
     tun_offload: bool = False
+    tcp_ack_filter: bool = True
     echo_interval: float = 60.0
     echo_timeout: float = 15.0
     lcp_echo_interval: float = 10.0
@@ -187,6 +189,12 @@ _TUN_OFFLOAD = _o(
     "when the kernel supports it) or off; measured no faster with stateless MPPE, see docs/offload.md "
     "[default: off]",
 )
+_TCP_ACK_FILTER = _o(
+    "tcp_ack_filter",
+    "Leave out a pure TCP ack when a later one of the same connection in the same read says more "
+    "(fewer packets for bulk transfers; SACK, duplicate and flagged acks always pass): on or off, "
+    "see docs/perf.md [default: on]",
+)
 _ECHO = (
     _o("echo_interval", "PPTP control Echo-Request after this many idle seconds [default: 60]"),
     _o("echo_timeout", "Seconds to wait for the Echo-Reply before the peer is dead [default: 15]"),
@@ -216,6 +224,7 @@ UP_OPTIONS: tuple[Opt, ...] = (
     _o("mtu", "Tunnel MTU, 576-1500 [default: negotiated]"),
     _o("interface", "TUN interface name [default: pptp0]"),
     _TUN_OFFLOAD,
+    _TCP_ACK_FILTER,
     _o("reorder_window", f"GRE reorder buffer in packets, 0 = off [default: {DEFAULT_REORDER_WINDOW}]"),
     _o(
         "reorder_timeout",
@@ -254,6 +263,7 @@ SERVE_OPTIONS: tuple[Opt, ...] = (
     _o("dns", "DNS server addresses handed to clients (comma list)"),
     _o("interface", "TUN interface name [default: pptpsrv0]"),
     _TUN_OFFLOAD,
+    _TCP_ACK_FILTER,
     *_ECHO,
     _o("test_reorder", "Fraction 0-1 of sent GRE packets deliberately reordered (testing) [default: 0]"),
     _o("max_clients", "Most clients connected at once [default: 16]"),
@@ -756,6 +766,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     mtu = r.get("mtu", parse_mtu, None)
     interface = r.get("interface", parse_interface, "pptp0")
     tun_offload = r.get("tun_offload", _parse_tun_offload, False)
+    tcp_ack_filter = r.get("tcp_ack_filter", _parse_on_off, True)
     reorder_window = r.get("reorder_window", int_between(0, 4096), DEFAULT_REORDER_WINDOW)
     reorder_timeout = r.get(
         "reorder_timeout", float_between(0.0, 10.0, lo_open=True), DEFAULT_REORDER_TIMEOUT
@@ -792,6 +803,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
         mtu=mtu,
         interface=interface,
         tun_offload=tun_offload,
+        tcp_ack_filter=tcp_ack_filter,
         reorder_window=reorder_window,
         reorder_timeout=reorder_timeout,
         **keepalive,
@@ -811,6 +823,10 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
 
 def _parse_tun_offload(text: str) -> bool:
     return parse_choice(TUN_OFFLOAD_NAMES)(text) == "auto"
+
+
+def _parse_on_off(text: str) -> bool:
+    return parse_choice(("on", "off"))(text) == "on"
 
 
 def _networks_or_fail(text: str) -> tuple[IPv4Network, ...]:
@@ -901,6 +917,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
     dns = r.get("dns", parse_ipv4_list, ())
     interface = r.get("interface", parse_interface, "pptpsrv0")
     tun_offload = r.get("tun_offload", _parse_tun_offload, False)
+    tcp_ack_filter = r.get("tcp_ack_filter", _parse_on_off, True)
     keepalive = _keepalive(r)
     test_reorder = r.get("test_reorder", parse_fraction, 0.0)
     max_clients = r.get("max_clients", int_between(1, 4096), 16)
@@ -921,6 +938,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
         dns=dns,
         interface=interface,
         tun_offload=tun_offload,
+        tcp_ack_filter=tcp_ack_filter,
         **keepalive,
         test_reorder=test_reorder,
         max_clients=max_clients,

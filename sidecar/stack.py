@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any, Protocol
 
+from sidecar.proto.ackfilter import drop_superseded_acks
 from sidecar.proto.gre import NO_WINDOW, GreSession
 from sidecar.proto.gre import WINDOW_STALL as WINDOW_STALL  # re-exported: the hallway paces with it
 from sidecar.proto.pptp import (
@@ -139,6 +140,7 @@ class StackCounters:
     gre_out: int = 0  # GRE packets produced (data, control frames, acks)
     window_full: int = 0  # times the peer's receive window was full (the caller waited for an ack)
     window_stalls: int = 0  # ... and no ack came within WINDOW_STALL (acks lost, or a peer that never acks)
+    acks_superseded: int = 0  # pure TCP acks left out of a batch: a later one of theirs said more
 
 
 class SessionStack:
@@ -152,6 +154,7 @@ class SessionStack:
         reorder_window: int = 64,
         reorder_timeout: float = 0.1,
         ack_delay: float | None = None,
+        ack_filter: bool = True,
     ) -> None:
         self.control = control
         self._make_link = make_link
@@ -160,6 +163,7 @@ class SessionStack:
         self.outcome: Outcome | None = None
         self.step = Step.RUNNING
         self.counters = StackCounters()
+        self.ack_filter = ack_filter  # sidecar.proto.ackfilter on every batch of send_ips
         self._reorder_window = reorder_window
         self._reorder_timeout = reorder_timeout
         self._ack_delay = ack_delay
@@ -250,13 +254,19 @@ class SessionStack:
 
     def send_ips(self, packets: Sequence[bytes], now: float) -> tuple[list[bytes], int]:
         """A batch of IP packets from the TUN device -> (the GRE packets to send, one per packet the
-        link took, in order; the size in bytes of the IP packets taken). The others are dropped,
-        counted as :meth:`send_ip` counts them; counters move once per batch."""
+        link took, in order; the size in bytes of the IP packets taken). With ``ack_filter`` the pure
+        TCP acks a later one in the batch supersedes are left out first (counted in
+        ``acks_superseded``, :mod:`sidecar.proto.ackfilter`); the link refuses the others, counted as
+        :meth:`send_ip` counts them; counters move once per batch."""
         c = self.counters
         gre, link = self.gre, self.link
         if gre is None or link is None or self._link_down:
             c.ip_out_dropped += len(packets)
             return [], 0
+        if self.ack_filter:
+            kept = drop_superseded_acks(packets)
+            c.acks_superseded += len(packets) - len(kept)
+            packets = kept
         link_send, gre_send = link.send_ip, gre.send
         out: list[bytes] = []
         taken = 0
@@ -527,4 +537,5 @@ def client_stack(settings: Any, *, path_mtu: int = 1500, rng: random.Random | No
         make_link,
         reorder_window=settings.reorder_window,
         reorder_timeout=settings.reorder_timeout,
+        ack_filter=getattr(settings, "tcp_ack_filter", True),
     )

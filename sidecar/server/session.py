@@ -206,9 +206,12 @@ class ClientSession:
         sent = sent_bytes = dropped = 0
         try:
             if self.up:
+                stack_counters = self.stack.counters
+                superseded = stack_counters.acks_superseded
                 frames, sent_bytes = self.stack.send_ips(packets, now)
                 sent = len(frames)
-                dropped = len(packets) - sent
+                # acks the filter left out were not refused: they are counted as superseded
+                dropped = len(packets) - sent - (stack_counters.acks_superseded - superseded)
                 if frames:
                     self._send_gre(frames, now)
             else:
@@ -535,6 +538,9 @@ class ClientSession:
         control = getattr(self.stack, "control", None)
         if control is not None:
             _flatten("control", asdict(control.counters), out)
+        stack_counters = getattr(self.stack, "counters", None)
+        if stack_counters is not None:
+            _flatten("stack", asdict(stack_counters), out)
         if self.reorderer is not None:
             _flatten("misorder", asdict(self.reorderer.counters), out)
         return out

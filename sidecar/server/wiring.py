@@ -82,7 +82,11 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
             return link
 
         stack = SessionStack(
-            control, make_link, reorder_window=REORDER_WINDOW, reorder_timeout=REORDER_TIMEOUT
+            control,
+            make_link,
+            reorder_window=REORDER_WINDOW,
+            reorder_timeout=REORDER_TIMEOUT,
+            ack_filter=getattr(settings, "tcp_ack_filter", True),
         )
         if tap is not None:
             from sidecar.observe.pcap import tap_link
