@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.server")
 
 SERVER_NAME = "pptpd"  # the name matched against the server column of chap-secrets (pptpd's default)
-TUN_MTU = 1400  # = wiring.SERVER_MRU: the largest packet a client accepts from us
 SHUTDOWN_TIMEOUT = 4.0
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 
@@ -143,7 +142,11 @@ class Server:
             raise RuntimeError(f"address {session.address} is already used by {other.tag}")
         self.by_address[packed] = session
         if self.netconf is not None:
-            self._routes[session.address] = self.netconf.add_client_route(session.address)
+            mtu = session.mtu  # the client's MTU, never above the TUN device's
+            device = getattr(self.tun, "mtu", None)
+            if mtu and device:
+                mtu = min(mtu, device)
+            self._routes[session.address] = self.netconf.add_client_route(session.address, mtu)
 
     def _gone(self, session: ClientSession) -> None:
         self.sessions.discard(session)
@@ -381,10 +384,13 @@ class _ServerNet:
         ipr.addr("add", **kw)
         self.nc.journal.push(f"address {local_ip}/32 on {self.ifname}", lambda: _quiet(ipr.addr, "del", **kw))
 
-    def add_client_route(self, address: IPv4Address) -> Callable[[], None]:
+    def add_client_route(self, address: IPv4Address, mtu: int | None = None) -> Callable[[], None]:
+        """The host route to a client, with that client's MTU (``mtu``) when it is known."""
         net = IPv4Network(f"{address}/32")
         ipr = self.nc._ipr
-        kw = {"dst": str(net), "oif": self.nc.ifindex(self.ifname)}
+        kw: dict[str, Any] = {"dst": str(net), "oif": self.nc.ifindex(self.ifname)}
+        if mtu:
+            kw["metrics"] = {"mtu": mtu}
         try:
             ipr.route("add", **kw)
         except Exception as exc:
@@ -420,12 +426,12 @@ async def serve(
 
     from sidecar.kernel.gre_socket import GreSocket
     from sidecar.kernel.tun import TunDevice
-    from sidecar.server.wiring import stack_factory
+    from sidecar.server.wiring import SERVER_TUN_MTU, stack_factory
 
     cleanups: list[Callable[[], None]] = []
     try:
         try:
-            tun = TunDevice(settings.interface, TUN_MTU, offload=settings.tun_offload)
+            tun = TunDevice(settings.interface, SERVER_TUN_MTU, offload=settings.tun_offload)
         except OSError as exc:
             log.error("%s", exc)
             return EXIT_RUNTIME

@@ -119,6 +119,7 @@ class ClientSession:
         self.address: IPv4Address | None = None
         self.address_packed = b""
         self.up = False
+        self.mtu: int | None = None  # the link's IP MTU (LinkUp.mtu): the client's host route carries it
         self.local_call_id: int | None = None
         self.peer_call_id: int | None = None
         self.registered = False
@@ -347,6 +348,7 @@ class ClientSession:
                 self._finish(f"link came up with address {event.peer_ip}, expected {self.address}")
                 return
             self.up = True
+            self.mtu = event.mtu
             try:
                 self.hooks.address_up(self)
             except Exception as exc:

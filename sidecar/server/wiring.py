@@ -15,14 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.proto.pptp import ControlConfig, ControlConnection, Role
 from sidecar.proto.reorder import DEFAULT_REORDER_TIMEOUT, DEFAULT_REORDER_WINDOW
-from sidecar.stack import LinkLike, SessionStack
+from sidecar.stack import LinkLike, SessionStack, max_mru, tunnel_mtu
 
 if TYPE_CHECKING:
     from sidecar.config import ServeSettings
 
 REORDER_WINDOW = DEFAULT_REORDER_WINDOW
 REORDER_TIMEOUT = DEFAULT_REORDER_TIMEOUT
-SERVER_MRU = 1400  # what we accept from clients; the server's TUN MTU matches it
+# What we accept from clients: the largest PPP frame whose GRE packet fits an Ethernet path (1460).
+# A client on a narrower path caps its own packets (its tunnel MTU comes from its path MTU).
+SERVER_MRU = max_mru(1500)
+# The server's TUN device: the largest IP packet under SERVER_MRU with MPPE (1456). Each client's
+# host route carries that client's own MTU (its LinkUp.mtu, from its MRU), so the kernel never hands
+# us a packet bigger than that client accepts.
+SERVER_TUN_MTU = tunnel_mtu(1500, peer_mru=SERVER_MRU)
 # The client's address is chosen during authentication (it may depend on the user), after the link
 # exists; the link insists on an address at construction, so it gets this placeholder, replaced by
 # assign_peer_ip() before IPCP can start. A link that came up with it is refused by the session.

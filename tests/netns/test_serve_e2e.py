@@ -234,6 +234,37 @@ def test_upload_with_and_without_the_tcp_ack_filter(one: Any, tmp_path: Path, ac
         server.stop()
 
 
+def test_the_largest_packets_cross_both_ways_and_one_byte_more_is_refused(one: Any, tmp_path: Path) -> None:
+    """Over an Ethernet path the tunnel MTU is 1456 at both ends (1500 - IP 20 - GRE 16 - PPP 4 - MPPE
+    4): the server's host route to the client carries it, and a 1456-byte packet with DF set crosses
+    either way without fragmenting GRE, where one byte more is refused at the sender. (The client's
+    kill switch drops pings the server starts, so the server side is checked by its route only.)"""
+    secrets = write_secrets(tmp_path / "chap-secrets", USERS)
+    server = start_server(one.server, tmp_path, secrets=secrets)
+    client = start_client(
+        one.clients[0], tmp_path, server=one.server_ips[0], user="alice", password="alice secret"
+    )
+
+    def df_ping(ns: Any, dest: Any, size: int) -> Any:
+        argv = ["ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", str(size), str(dest)]
+        return ns.run(argv, check=False, timeout=20)
+
+    try:
+        status = client.wait_status(is_up, 15)
+        assert status["mtu"] == 1456, status
+        assert "mtu 1456" in one.server.ip("route", "show", str(FIRST))
+        # the echo request crosses one way and its reply, as big, the other
+        fits = df_ping(one.clients[0], SERVER_TUN_IP, 1456 - 28)
+        assert fits.returncode == 0, fits.stdout + fits.stderr
+        # one byte more: refused by the client's TUN MTU, and by the server's route to the client
+        for ns, dest in ((one.clients[0], SERVER_TUN_IP), (one.server, FIRST)):
+            over = df_ping(ns, dest, 1456 - 28 + 1)
+            assert over.returncode != 0 and "mtu=1456" in over.stdout + over.stderr, over.stdout + over.stderr
+    finally:
+        assert client.stop() == 0
+        assert server.stop() == 0
+
+
 def test_two_clients_at_once(tmp_path: Path) -> None:
     with star(2) as topo:
         secrets = write_secrets(tmp_path / "chap-secrets", USERS)

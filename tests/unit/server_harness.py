@@ -105,9 +105,11 @@ class FakeTun:
 class FakeNet:
     def __init__(self) -> None:
         self.routes: list[IPv4Address] = []
+        self.mtus: dict[IPv4Address, int | None] = {}
 
-    def add_client_route(self, address: IPv4Address) -> Any:
+    def add_client_route(self, address: IPv4Address, mtu: int | None = None) -> Any:
         self.routes.append(address)
+        self.mtus[address] = mtu
         return lambda: self.routes.remove(address)
 
 

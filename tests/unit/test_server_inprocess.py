@@ -95,6 +95,9 @@ def test_auth_methods_and_data_both_ways(
         s = server_session(h, "alice")
         assert s.address == A("10.77.0.10") and s.up
         assert h.routes.routes == [A("10.77.0.10")]
+        # the host route carries this client's MTU: its MRU (1400 here) under the server's 1460,
+        # less the MPPE overhead when encrypted
+        assert h.routes.mtus[A("10.77.0.10")] == s.mtu == up.mtu == (1396 if c.link.codec else 1400)
         # client -> server network
         pkt = ipv4_packet(A("10.77.0.10"), A("10.99.0.5"), b"to the LAN")
         c.send_ip(pkt)
