@@ -513,6 +513,7 @@ def client_stack(settings: Any, *, path_mtu: int = 1500, rng: random.Random | No
         echo_interval=settings.echo_interval,
         echo_timeout=settings.echo_timeout,
         call_timeout=max(5.0, float(settings.connect_timeout)),
+        window=getattr(settings, "gre_window", ControlConfig.window),
     )
     control = ControlConnection(Role.CLIENT, control_config, rng)
     mru = min(1500, max_mru(path_mtu))

@@ -55,6 +55,7 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
         hostname="pptp-sidecar",
         echo_interval=settings.echo_interval,
         echo_timeout=settings.echo_timeout,
+        window=getattr(settings, "gre_window", ControlConfig.window),
     )
 
     tap: Any = None

@@ -195,11 +195,11 @@ def test_stateful_mppe_resyncs_through_gre_loss(tmp_path: Path) -> None:
 
 
 def test_a_peer_that_stops_acking_does_not_stop_the_sending(tmp_path: Path) -> None:
-    """RFC 2637 §4.2 pacing: with the server's GRE window (64) full and no ack coming back (the
+    """RFC 2637 §4.2 pacing: with the server's GRE window (64 here) full and no ack coming back (the
     server's outgoing GRE dropped), the client gives up waiting after WINDOW_STALL and sends on.
     Its own lab with the default keepalive: the server's LCP echo replies are dropped too, and the
     shared lab's 0.5 s x 2 would (rightly) call the silent server dead mid-test on a loaded machine."""
-    with fl.Lab(tmp_path, leak_watch=False) as lab:
+    with fl.Lab(tmp_path, server_args=["--gre-window", "64"], leak_watch=False) as lab:
         _window_stall_check(lab)
 
 

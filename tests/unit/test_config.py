@@ -243,6 +243,8 @@ CASES: list[tuple[str, str, str]] = [
     ),
     ("PPTP_INTERFACE", "eth/0", "expected an interface name of 1-15 letters, digits, '-', '_' or '.'"),
     ("PPTP_REORDER_WINDOW", "-1", "expected an integer between 0 and 4096"),
+    ("PPTP_GRE_WINDOW", "0", "expected an integer between 1 and 2048"),
+    ("PPTP_GRE_WINDOW", "4096", "expected an integer between 1 and 2048"),
     ("PPTP_REORDER_TIMEOUT", "0", "expected a number of seconds, more than 0 and at most 10"),
     ("PPTP_REORDER_TIMEOUT", "nan", "expected a number of seconds, more than 0 and at most 10"),
     ("PPTP_ECHO_INTERVAL", "0.5", "expected a number of seconds, at least 1 and at most 3600"),
@@ -441,3 +443,27 @@ def test_probe_settings() -> None:
 def test_direct_construction_gets_cli_defaults() -> None:
     s = config.UpSettings(server="h", user="u", password=Secret("p"))
     assert s.auth == (AuthMethod.MSCHAP_V2,) and s.mppe is MppePolicy.REQUIRE
+
+
+def test_gre_window_reaches_the_call_set_up_of_both_roles(tmp_path: Path) -> None:
+    """The window each end announces (Outgoing-Call-Request / -Reply) is the other's send window."""
+    from sidecar.server.wiring import stack_factory
+    from sidecar.stack import client_stack
+
+    secrets = tmp_path / "chap-secrets"
+    secrets.write_text("alice * pw *\n")
+    assert build_up_settings({}, BASE_ENV).gre_window == config.DEFAULT_GRE_WINDOW == 256
+    assert build_serve_settings({"secrets": str(secrets)}, {}).gre_window == 256
+    up = build_up_settings({"gre_window": "100"}, BASE_ENV)
+    serve = build_serve_settings({"secrets": str(secrets)}, {"PPTP_GRE_WINDOW": "300"})
+    client, server = client_stack(up), stack_factory(serve)(None, lambda user: None)
+    assert (client.control.config.window, server.control.config.window) == (100, 300)
+    now = 1.0
+    client.start(now)
+    server.start(now)
+    for _ in range(10):  # control messages both ways until the call is up
+        for a, b in ((client, server), (server, client)):
+            data = a.control_to_send()
+            if data:
+                b.control_received(data, now)
+    assert client.peer_window == 300 and server.peer_window == 100
