@@ -14,7 +14,8 @@ conservative reading of it, written from those facts.
 What counts as superseded, all of it required (anything else passes untouched):
 
 - the older packet is a *pure* ack: IPv4 without options and not a fragment, or IPv6 whose next
-  header is TCP; TCP flags exactly ACK (no SYN, FIN, RST, PSH, URG, ECE, CWR); no payload; TCP
+  header is TCP; TCP flags exactly ACK (no SYN, FIN, RST, PSH, URG, ECE, CWR, and the reserved
+  bits and AE clear: an AccECN counter is never thinned); no payload; TCP
   options only NOP, end-of-list and timestamps (no SACK blocks: a dup ack with SACK drives fast
   recovery and is never dropped); the IP header's ECN bits clear;
 - a *later* packet in the same batch is a pure ack of the same connection (same addresses, same
@@ -81,7 +82,10 @@ def pure_ack(packet: bytes) -> tuple[bytes, int] | None:
         return None
     if packet[tcp + 13] != ACK_ONLY:
         return None
-    doff = (packet[tcp + 12] >> 4) * 4
+    offset_byte = packet[tcp + 12]
+    if offset_byte & 0x0F:  # reserved bits or AE (part of Accurate ECN's counter): not ours to drop
+        return None
+    doff = (offset_byte >> 4) * 4
     if doff < 20 or tcp + doff != n:  # a payload, or a header the packet does not hold
         return None
     if doff > 20 and not _options_ok(packet, tcp + 20, n):

@@ -44,6 +44,14 @@ def ack6(ack: int, *, sport: int = 5201, flags: str = "A", options: Any = TS) ->
     )
 
 
+def _with_offset_bits(packet: bytes, bits: int) -> bytes:
+    """``packet`` (IPv4, no options) with the low nibble of the TCP data-offset byte set: the
+    reserved bits and AE (scapy keeps the checksum it computed; the filter never looks at it)."""
+    out = bytearray(packet)
+    out[20 + 12] |= bits
+    return bytes(out)
+
+
 def test_a_run_of_acks_of_one_connection_keeps_only_the_newest() -> None:
     batch = [ack4(1000 * i) for i in range(1, 9)]
     assert drop_superseded_acks(batch) == [batch[-1]]
@@ -87,6 +95,8 @@ def test_what_is_never_dropped() -> None:
             IP(src="10.0.0.2", dst="10.0.0.1", flags="MF") / TCP(sport=5201, dport=40000, flags="A", ack=100)
         ),
         "unknown option": ack4(100, options=[("MSS", 1400)]),
+        "AE bit (AccECN)": _with_offset_bits(ack4(100), 0x01),
+        "reserved bits": _with_offset_bits(ack4(100), 0x08),
     }
     for name, packet in keep.items():
         assert drop_superseded_acks([packet, later]) == [packet, later], name
@@ -133,7 +143,8 @@ def _scapy_pure_ack(packet: bytes) -> tuple[Any, int] | None:
         key = (ip.src, ip.dst)
     tcp = ip[TCP]
     if (
-        str(tcp.flags) != "A"
+        str(tcp.flags) != "A"  # scapy's flags include AE (its "N")
+        or tcp.reserved
         or len(tcp.payload)
         or any(k not in ("NOP", "EOL", "Timestamp") for k, _ in tcp.options)
     ):
