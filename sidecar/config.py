@@ -43,9 +43,13 @@ TUN_OFFLOAD_NAMES = ("auto", "off")
 MPPE_BITS = (128, 56, 40)
 PPTP_PORT = 1723
 # Our Packet Receive Window Size (RFC 2637 §4.2): the peer's GRE packets in flight before our ack.
-# 64 (pptpd's and our old figure) capped a bulk transfer at 64 x 1456 bytes per round trip of the
-# two processes; 256 measured +20 % TCP (docs/perf.md). The GRE socket's 4 MB buffer holds 2048.
-DEFAULT_GRE_WINDOW = 256
+# The server announces 256: 64 capped an upload at 64 x 1456 bytes per round trip of the two
+# processes, and 256 measured +20 % TCP (docs/perf.md). The client announces pptpd's 64: pptpd's
+# pptpctrl, a single-threaded userspace relay, overflowed its own raw socket (our packets to it)
+# in 2 of 6 interop runs when it could send us 256, and in none of 8 at 64. The GRE socket's 4 MB
+# buffer holds 2048.
+DEFAULT_GRE_WINDOW_UP = 64
+DEFAULT_GRE_WINDOW_SERVE = 256
 MAX_GRE_WINDOW = 2048
 DEFAULT_HTTP = ("127.0.0.1", 9101)
 MAX_SECRET_FILE = 64 * 1024
@@ -85,7 +89,7 @@ class UpSettings:
     interface: str = "pptp0"
     tun_offload: bool = False  # "auto": TUN segmentation/receive offload when the kernel has it
     tcp_ack_filter: bool = True  # leave out pure TCP acks a later one in the same batch supersedes
-    gre_window: int = DEFAULT_GRE_WINDOW  # our Packet Receive Window Size, announced in the call set-up
+    gre_window: int = DEFAULT_GRE_WINDOW_UP  # our Packet Receive Window Size, announced in the call set-up
     reorder_window: int = DEFAULT_REORDER_WINDOW
     reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
     echo_interval: float = 60.0  # PPTP control-connection Echo-Request after this idle time
@@ -126,7 +130,7 @@ class ServeSettings:
     interface: str = "pptpsrv0"
     tun_offload: bool = False
     tcp_ack_filter: bool = True
-    gre_window: int = DEFAULT_GRE_WINDOW
+    gre_window: int = DEFAULT_GRE_WINDOW_SERVE
     echo_interval: float = 60.0
     echo_timeout: float = 15.0
     lcp_echo_interval: float = 10.0
@@ -202,10 +206,14 @@ _TCP_ACK_FILTER = _o(
     "(fewer packets for bulk transfers; SACK, duplicate and flagged acks always pass): on or off, "
     "see docs/perf.md [default: on]",
 )
-_GRE_WINDOW = _o(
+_GRE_WINDOW_HELP = "GRE packets the peer may send before our ack (the Packet Receive Window Size we announce)"
+_GRE_WINDOW_UP = _o(
     "gre_window",
-    "GRE packets the peer may send before our ack (the Packet Receive Window Size we announce), "
-    f"1-{MAX_GRE_WINDOW} [default: {DEFAULT_GRE_WINDOW}]",
+    f"{_GRE_WINDOW_HELP}, 1-{MAX_GRE_WINDOW}; more than 64 can overflow pptpd "
+    f"[default: {DEFAULT_GRE_WINDOW_UP}]",
+)
+_GRE_WINDOW_SERVE = _o(
+    "gre_window", f"{_GRE_WINDOW_HELP}, 1-{MAX_GRE_WINDOW} [default: {DEFAULT_GRE_WINDOW_SERVE}]"
 )
 _ECHO = (
     _o("echo_interval", "PPTP control Echo-Request after this many idle seconds [default: 60]"),
@@ -237,7 +245,7 @@ UP_OPTIONS: tuple[Opt, ...] = (
     _o("interface", "TUN interface name [default: pptp0]"),
     _TUN_OFFLOAD,
     _TCP_ACK_FILTER,
-    _GRE_WINDOW,
+    _GRE_WINDOW_UP,
     _o("reorder_window", f"GRE reorder buffer in packets, 0 = off [default: {DEFAULT_REORDER_WINDOW}]"),
     _o(
         "reorder_timeout",
@@ -277,7 +285,7 @@ SERVE_OPTIONS: tuple[Opt, ...] = (
     _o("interface", "TUN interface name [default: pptpsrv0]"),
     _TUN_OFFLOAD,
     _TCP_ACK_FILTER,
-    _GRE_WINDOW,
+    _GRE_WINDOW_SERVE,
     *_ECHO,
     _o("test_reorder", "Fraction 0-1 of sent GRE packets deliberately reordered (testing) [default: 0]"),
     _o("max_clients", "Most clients connected at once [default: 16]"),
@@ -781,7 +789,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     interface = r.get("interface", parse_interface, "pptp0")
     tun_offload = r.get("tun_offload", _parse_tun_offload, False)
     tcp_ack_filter = r.get("tcp_ack_filter", _parse_on_off, True)
-    gre_window = r.get("gre_window", int_between(1, MAX_GRE_WINDOW), DEFAULT_GRE_WINDOW)
+    gre_window = r.get("gre_window", int_between(1, MAX_GRE_WINDOW), DEFAULT_GRE_WINDOW_UP)
     reorder_window = r.get("reorder_window", int_between(0, 4096), DEFAULT_REORDER_WINDOW)
     reorder_timeout = r.get(
         "reorder_timeout", float_between(0.0, 10.0, lo_open=True), DEFAULT_REORDER_TIMEOUT
@@ -934,7 +942,7 @@ def build_serve_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Se
     interface = r.get("interface", parse_interface, "pptpsrv0")
     tun_offload = r.get("tun_offload", _parse_tun_offload, False)
     tcp_ack_filter = r.get("tcp_ack_filter", _parse_on_off, True)
-    gre_window = r.get("gre_window", int_between(1, MAX_GRE_WINDOW), DEFAULT_GRE_WINDOW)
+    gre_window = r.get("gre_window", int_between(1, MAX_GRE_WINDOW), DEFAULT_GRE_WINDOW_SERVE)
     keepalive = _keepalive(r)
     test_reorder = r.get("test_reorder", parse_fraction, 0.0)
     max_clients = r.get("max_clients", int_between(1, 4096), 16)

@@ -31,8 +31,8 @@ Theory of operation (:class:`GreSession`)
   measured from the first unacked arrival, not the latest, so a one-way flow is still acked every
   ``ack_delay``) and no data packet carried it meanwhile - or at once when :data:`ACK_EVERY` accepted
   packets are owed, so a one-way flow from a peer that honours our receive window (RFC 2637 §4.2;
-  we advertise 256 by default, ``--gre-window``) never waits ``ack_delay`` for credit. In a
-  bidirectional flow almost every ack rides on data.
+  ``--gre-window``: the server announces 256, the client 64) never waits ``ack_delay`` for credit.
+  In a bidirectional flow almost every ack rides on data.
 * Send window (RFC 2637 §4.2): the peer's Packet Receive Window Size (``peer_window``, from the call
   setup) bounds the data packets we have in flight; :meth:`GreSession.send_room` says how many more
   it takes, the caller reads no more than that before the next ack. A peer that overflows drops

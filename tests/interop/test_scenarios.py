@@ -298,12 +298,20 @@ def iperf3(vm: Vm, *, reverse: bool, seconds: int = 2) -> float | None:
     if shutil.which("iperf3") is None:
         return None
     argv = ["iperf3", "-c", vm.inside_ip, "-t", str(seconds), "-J", *(["-R"] if reverse else [])]
-    result = subprocess.run(
-        vm.netns_cmd(argv), capture_output=True, text=True, timeout=seconds + 30, check=False
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    end = json.loads(result.stdout)["end"]
-    return float(end["sum_received"]["bits_per_second"]) / 1e6
+    for attempt in range(2):
+        result = subprocess.run(
+            vm.netns_cmd(argv), capture_output=True, text=True, timeout=seconds + 30, check=False
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+        report = json.loads(result.stdout)
+        # iperf 3.12 exits 0 with only an "error" when the guest's server, still closing the last
+        # test, resets the next control connection ("unable to receive control message: Connection
+        # reset by peer", no interval measured; 3 times in ~70 back-to-back tests here): ask again once
+        if "sum_received" in report["end"] or attempt:
+            break
+        time.sleep(0.5)
+    assert "sum_received" in report["end"], report.get("error", result.stdout[-2000:])
+    return float(report["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
 def counters(status: dict[str, Any]) -> dict[str, int]:

@@ -452,8 +452,9 @@ def test_gre_window_reaches_the_call_set_up_of_both_roles(tmp_path: Path) -> Non
 
     secrets = tmp_path / "chap-secrets"
     secrets.write_text("alice * pw *\n")
-    assert build_up_settings({}, BASE_ENV).gre_window == config.DEFAULT_GRE_WINDOW == 256
-    assert build_serve_settings({"secrets": str(secrets)}, {}).gre_window == 256
+    assert build_up_settings({}, BASE_ENV).gre_window == config.DEFAULT_GRE_WINDOW_UP == 64
+    serve_default = build_serve_settings({"secrets": str(secrets)}, {}).gre_window
+    assert serve_default == config.DEFAULT_GRE_WINDOW_SERVE == 256
     up = build_up_settings({"gre_window": "100"}, BASE_ENV)
     serve = build_serve_settings({"secrets": str(secrets)}, {"PPTP_GRE_WINDOW": "300"})
     client, server = client_stack(up), stack_factory(serve)(None, lambda user: None)
