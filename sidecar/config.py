@@ -46,7 +46,7 @@ PPTP_PORT = 1723
 # The server announces 256: 64 capped an upload at 64 x 1456 bytes per round trip of the two
 # processes, and 256 measured +20 % TCP (docs/perf.md). The client announces pptpd's 64: pptpd's
 # pptpctrl, a single-threaded userspace relay, overflowed its own raw socket (our packets to it)
-# in 2 of 6 interop runs when it could send us 256, and in none of 8 at 64. The GRE socket's 4 MB
+# in 2 of 6 interop runs when it could send us 256, and in none of 14 at 64. The GRE socket's 4 MB
 # buffer holds 2048.
 DEFAULT_GRE_WINDOW_UP = 64
 DEFAULT_GRE_WINDOW_SERVE = 256

@@ -14,10 +14,10 @@ conservative reading of it, written from those facts.
 What counts as superseded, all of it required (anything else passes untouched):
 
 - the older packet is a *pure* ack: IPv4 without options and not a fragment, or IPv6 whose next
-  header is TCP; TCP flags exactly ACK (no SYN, FIN, RST, PSH, URG, ECE, CWR, and the reserved
-  bits and AE clear: an AccECN counter is never thinned); no payload; TCP
-  options only NOP, end-of-list and timestamps (no SACK blocks: a dup ack with SACK drives fast
-  recovery and is never dropped); the IP header's ECN bits clear;
+  header is TCP; TCP flags exactly ACK (no SYN, FIN, RST, PSH, URG, ECE, CWR; the reserved bits
+  and AE clear: an Accurate ECN counter is never thinned); no payload; TCP options only NOP,
+  end-of-list and timestamps (no SACK blocks: a dup ack with SACK drives fast recovery and is
+  never dropped); the IP header's ECN bits clear;
 - a *later* packet in the same batch is a pure ack of the same connection (same addresses, same
   ports, same direction) by the same rules, and acknowledges strictly more (RFC 1982 arithmetic
   on the 32-bit ack number). Equal ack numbers (duplicate acks, window updates) are all kept.
