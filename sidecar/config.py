@@ -88,7 +88,7 @@ class UpSettings:
     mtu: int | None = None
     interface: str = "pptp0"
     tun_offload: bool = False  # "auto": TUN segmentation/receive offload when the kernel has it
-    tcp_ack_filter: bool = True  # leave out pure TCP acks a later one in the same batch supersedes
+    tcp_ack_filter: bool = False  # leave out pure TCP acks a later one in the same batch supersedes
     gre_window: int = DEFAULT_GRE_WINDOW_UP  # our Packet Receive Window Size, announced in the call set-up
     reorder_window: int = DEFAULT_REORDER_WINDOW
     reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
@@ -200,12 +200,16 @@ _TUN_OFFLOAD = _o(
     "when the kernel supports it) or off; measured no faster with stateless MPPE, see docs/offload.md "
     "[default: off]",
 )
-_TCP_ACK_FILTER = _o(
-    "tcp_ack_filter",
+_ACK_FILTER_HELP = (
     "Leave out a pure TCP ack when a later one of the same connection in the same read says more "
-    "(fewer packets for bulk transfers; SACK, duplicate and flagged acks always pass): on or off, "
-    "see docs/perf.md [default: on]",
+    "(fewer packets for bulk transfers; SACK, duplicate and flagged acks always pass): on or off"
 )
+_TCP_ACK_FILTER_UP = _o(
+    "tcp_ack_filter",
+    f"{_ACK_FILTER_HELP}. Thinned acks make the server's TCP send in bigger bursts, which can "
+    "overflow the reorder window where the path reorders, see docs/perf.md [default: off]",
+)
+_TCP_ACK_FILTER_SERVE = _o("tcp_ack_filter", f"{_ACK_FILTER_HELP}, see docs/perf.md [default: on]")
 _GRE_WINDOW_HELP = "GRE packets the peer may send before our ack (the Packet Receive Window Size we announce)"
 _GRE_WINDOW_UP = _o(
     "gre_window",
@@ -244,7 +248,7 @@ UP_OPTIONS: tuple[Opt, ...] = (
     _o("mtu", "Tunnel MTU, 576-1500 [default: negotiated]"),
     _o("interface", "TUN interface name [default: pptp0]"),
     _TUN_OFFLOAD,
-    _TCP_ACK_FILTER,
+    _TCP_ACK_FILTER_UP,
     _GRE_WINDOW_UP,
     _o("reorder_window", f"GRE reorder buffer in packets, 0 = off [default: {DEFAULT_REORDER_WINDOW}]"),
     _o(
@@ -284,7 +288,7 @@ SERVE_OPTIONS: tuple[Opt, ...] = (
     _o("dns", "DNS server addresses handed to clients (comma list)"),
     _o("interface", "TUN interface name [default: pptpsrv0]"),
     _TUN_OFFLOAD,
-    _TCP_ACK_FILTER,
+    _TCP_ACK_FILTER_SERVE,
     _GRE_WINDOW_SERVE,
     *_ECHO,
     _o("test_reorder", "Fraction 0-1 of sent GRE packets deliberately reordered (testing) [default: 0]"),
@@ -788,7 +792,7 @@ def build_up_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> UpSet
     mtu = r.get("mtu", parse_mtu, None)
     interface = r.get("interface", parse_interface, "pptp0")
     tun_offload = r.get("tun_offload", _parse_tun_offload, False)
-    tcp_ack_filter = r.get("tcp_ack_filter", _parse_on_off, True)
+    tcp_ack_filter = r.get("tcp_ack_filter", _parse_on_off, False)
     gre_window = r.get("gre_window", int_between(1, MAX_GRE_WINDOW), DEFAULT_GRE_WINDOW_UP)
     reorder_window = r.get("reorder_window", int_between(0, 4096), DEFAULT_REORDER_WINDOW)
     reorder_timeout = r.get(

@@ -538,5 +538,5 @@ def client_stack(settings: Any, *, path_mtu: int = 1500, rng: random.Random | No
         make_link,
         reorder_window=settings.reorder_window,
         reorder_timeout=settings.reorder_timeout,
-        ack_filter=getattr(settings, "tcp_ack_filter", True),
+        ack_filter=getattr(settings, "tcp_ack_filter", False),
     )
