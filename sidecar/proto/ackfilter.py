@@ -1,7 +1,9 @@
 """Superseded TCP acks: which pure acks in one batch of outgoing IP packets add nothing.
 
 Rules: pure, sans-IO; the input list is never changed. Used by :meth:`SessionStack.send_ips` on
-every batch the TUN reader hands over, at both ends.
+every batch the TUN reader hands over when ``--tcp-ack-filter`` is on: by default in ``serve``, not
+in ``up`` (thinned acks make the other end's TCP send in bigger bursts, which a reordering path
+turns into reorder-window overflows; docs/perf.md).
 
 Why: in a bulk transfer the receiving host acks every second segment, and a tunnel reading its TUN
 device in batches often finds several acks of one connection in the same read, each acking a bit
