@@ -22,6 +22,12 @@ Columns:
 - RSS: peak resident set size (VmHWM) of the client end + the server end, MB;
 - vs OpenVPN: this row's TCP 1 figure divided by OpenVPN's in the same run (median of the runs), and
   the same for CPU s/GB (lower is better there).
+
+After the tables, the crypto alone, measured in this process on the libraries each tunnel uses
+(``crypto_floor``): what stateless MPPE-128's RFC 3078 work costs per GB on this host, next to
+AES-256-GCM, and the budget stateless would have to fit in for 1.0x OpenVPN (OpenVPN's CPU s/GB
+less our no-MPPE row's). The ratio to OpenVPN depends on the host: RC4 is latency-bound, AES-GCM
+runs on AES-NI/VAES, and the two move differently from one CPU to the next.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ from _topology import Interrupted, Lab, LabError, Proc, preflight, signals_ignor
 SERVER_TUN_IP = "10.77.0.1"
 POOL = "10.77.0.10-10.77.0.20"
 OVPN_SERVER_IP, OVPN_CLIENT_IP = "10.8.0.1", "10.8.0.2"
+OUR_MTU, OVPN_MTU = 1456, 1400  # our tunnel's MTU against the embedded server; OpenVPN's --tun-mtu
+TCP_OVERHEAD = 52  # IPv4 20 + TCP 20 + timestamps 12: TCP payload per packet = MTU - 52
 CLIENT_HTTP = "127.0.0.1:9109"
 USER, PASSWORD = "bench", "bench password (never logged)"
 SIDECAR = [sys.executable, "-m", "sidecar"]  # --sidecar replaces it (e.g. another checkout's venv)
@@ -135,7 +143,7 @@ def _openvpn_keys(lab: Lab) -> dict[str, str]:
 def _openvpn(lab: Lab, _spec: dict[str, Any]) -> Tunnel:
     fp = _openvpn_keys(lab)
     common = ["openvpn", "--dev", "tun", "--proto", "udp", "--port", "1194", "--cipher", "AES-256-GCM",
-              "--data-ciphers", "AES-256-GCM", "--tun-mtu", "1400", "--disable-dco", "--verb", "3",
+              "--data-ciphers", "AES-256-GCM", "--tun-mtu", str(OVPN_MTU), "--disable-dco", "--verb", "3",
               "--ping", "10", "--ping-restart", "60"]  # fmt: skip
     server = lab.start(
         lab.server,
@@ -343,6 +351,55 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def crypto_floor(n: int = 10_000) -> dict[str, Any]:
+    """The crypto alone, in this process: CPU seconds per GB of TCP payload for both ends together
+    (one encrypts, the other decrypts), data packets only (acks would add more). MPPE through our
+    codec on its default RC4 backends, and the RC4 pass over the payload alone on the fastest backend
+    (what RFC 3078 leaves even a perfect codec); AES-256-GCM through ``cryptography`` (OpenSSL, the
+    library OpenVPN uses; Python's call overhead included, so OpenVPN's own figure is lower still)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from mppe_crypto import codec_us, per_call_us
+
+    from sidecar.proto.ppp.mppe import RC4_BACKENDS, RC4_FRESH, RC4_KEPT
+
+    frame = bytes(OUR_MTU + 2)  # PPP protocol field + a full-sized IP packet
+    ours_per_gb = 1e9 / (OUR_MTU - TCP_OVERHEAD)
+    out: dict[str, Any] = {"rc4_stateless": RC4_FRESH.name, "rc4_stateful": RC4_KEPT.name}
+    for key, stateful, rc4 in (("stateless", False, RC4_FRESH), ("stateful", True, RC4_KEPT)):
+        enc, dec = codec_us(rc4, stateful, n, frame)
+        out[key] = (enc + dec) * 1e-6 * ours_per_gb
+    kept = {name: (rc4.crypt, rc4.new(bytes(16))) for name, rc4 in RC4_BACKENDS.items()}
+    fastest_us = min(per_call_us(lambda c=crypt, k=ctx: c(k, frame), n) for crypt, ctx in kept.values())
+    out["rc4_payload"] = 2 * fastest_us * 1e-6 * ours_per_gb
+    aead, nonce, packet = AESGCM(bytes(32)), bytes(12), bytes(OVPN_MTU)
+    sealed = aead.encrypt(nonce, packet, None)
+
+    def seal_and_open() -> None:  # one end seals, the other opens
+        aead.encrypt(nonce, packet, None)
+        aead.decrypt(nonce, sealed, None)
+
+    out["aes_gcm"] = per_call_us(seal_and_open, n) * 1e-6 * 1e9 / (OVPN_MTU - TCP_OVERHEAD)
+    return out
+
+
+def crypto_lines(floor: dict[str, Any], summary: list[dict[str, Any]]) -> str:
+    cpu = {s["row"]: s.get("cpu_s_per_gb") for s in summary}
+    lines = [
+        "crypto alone, in this process (CPU s per GB of TCP payload, both ends, data packets only):",
+        f"  MPPE-128 stateless {floor['stateless']:.1f} ({floor['rc4_stateless']}; of which the RC4 pass "
+        f"over the payload alone {floor['rc4_payload']:.1f}), stateful {floor['stateful']:.1f} "
+        f"({floor['rc4_stateful']}); AES-256-GCM {floor['aes_gcm']:.1f} (cryptography/OpenSSL, "
+        f"{OVPN_MTU}-byte packets)",
+    ]
+    if cpu.get("openvpn") and cpu.get("clear"):
+        budget = cpu["openvpn"] - cpu["clear"]
+        lines.append(
+            f"  stateless at 1.0x OpenVPN would need its crypto within OpenVPN's CPU s/GB less our no-MPPE "
+            f"row's: {cpu['openvpn']:.1f} - {cpu['clear']:.1f} = {budget:.1f} s/GB"
+        )
+    return "\n".join(lines)
+
+
 def spread(summary: list[dict[str, Any]]) -> str:
     lines = ["| row | TCP 1 min-max | TCP 4 min-max | UDP min-max | pps min-max | CPU % of a core |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -463,8 +520,11 @@ def main() -> int:
         print(spread(summary))
         modes = "; ".join(f"{s['row']}: {', '.join(s['modes'])}" for s in summary)
         print(f"\nnegotiated: {modes}")
+        floor = crypto_floor()
+        print("\n" + crypto_lines(floor, summary))
         if args.json:
-            args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1, default=str))
+            out = {"runs": runs, "summary": summary, "crypto_floor": floor}
+            args.json.write_text(json.dumps(out, indent=1, default=str))
     return code
 
 

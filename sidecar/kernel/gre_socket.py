@@ -203,14 +203,22 @@ class GreSocket:
 
     def send_batch(self, packets: Sequence[bytes], dest: IPv4Address | None = None) -> int:
         """Send several packets, each as :meth:`send` does; returns how many went out. The
-        connected client's loop calls the socket directly and counts once per batch."""
-        if dest is not None or not self._connected:
-            return sum(self.send(packet, dest) for packet in packets)
-        send = self._sock.send
+        destination's address is resolved once per batch, and counters move once per batch."""
+        sock = self._sock
+        address = None
+        if dest is not None:
+            address = self._address(dest)
+        elif not self._connected:
+            if self.remote is None:
+                raise ValueError("GreSocket in server role: send_batch() needs dest")
+            address = self._address(self.remote)
         sent = size = 0
         for packet in packets:
             try:
-                send(packet)
+                if address is None:
+                    sock.send(packet)
+                else:
+                    sock.sendto(packet, address)
             except OSError as exc:
                 self._send_failed(exc)
                 continue

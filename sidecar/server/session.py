@@ -60,6 +60,8 @@ MIN_TIMER_STEP = 0.001
 class GreSender(Protocol):
     def send(self, packet: bytes, dest: IPv4Address | None = None) -> bool: ...
 
+    def send_batch(self, packets: Sequence[bytes], dest: IPv4Address | None = None) -> int: ...
+
 
 class TunWriter(Protocol):
     def write(self, packet: bytes | bytearray | memoryview) -> bool: ...
@@ -269,8 +271,11 @@ class ClientSession:
 
     def _send_gre(self, packets: list[bytes], now: float) -> None:
         gre, peer, reorderer = self.hooks.gre, self.peer, self.reorderer
+        if reorderer is None:
+            gre.send_batch(packets, peer)
+            return
         for packet in packets:
-            if reorderer is not None and is_data_packet(packet):
+            if is_data_packet(packet):
                 for out in reorderer.send(packet, now):
                     gre.send(out, peer)
             else:

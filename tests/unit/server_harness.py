@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -70,6 +71,9 @@ class FakeGreSocket:
         assert dest is not None
         self.net.to_client(dest, bytes(packet))
         return True
+
+    def send_batch(self, packets: Sequence[bytes], dest: IPv4Address | None = None) -> int:
+        return sum(self.send(packet, dest) for packet in packets)
 
 
 class FakeTun:
