@@ -73,38 +73,21 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------------------------------
 # The settings objects (CONTRACTS.md, "Settings, state and entry points")
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class UpSettings:
-    server: str
-    user: str
-    password: Secret = field(repr=False)
-    port: int = PPTP_PORT
+@dataclass(frozen=True, kw_only=True)
+class TunnelSettings:
+    """What ``up`` and ``serve`` share: authentication, MPPE, keepalives, capture and logging. Each
+    subclass adds its own and sets its own defaults where the two ends differ."""
+
     auth: tuple[AuthMethod, ...] = ()
     mppe: MppePolicy | None = None
     mppe_stateful: bool = False
     mppe_key_bits: frozenset[int] = frozenset({128})
-    routes: Literal["default"] | tuple[IPv4Network, ...] = "default"
-    dns: bool = True
-    mtu: int | None = None
-    interface: str = "pptp0"
     tun_offload: bool = False  # "auto": TUN segmentation/receive offload when the kernel has it
-    tcp_ack_filter: bool = False  # leave out pure TCP acks a later one in the same batch supersedes
-    gre_window: int = DEFAULT_GRE_WINDOW_UP  # our Packet Receive Window Size, announced in the call set-up
-    reorder_window: int = DEFAULT_REORDER_WINDOW
-    reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
     echo_interval: float = 60.0  # PPTP control-connection Echo-Request after this idle time
     echo_timeout: float = 15.0
     lcp_echo_interval: float = 10.0
     lcp_echo_failures: int = 3
-    kill_switch: bool = True
-    allow_subnets: tuple[IPv4Network, ...] = ()
-    http: tuple[str, int] | None = DEFAULT_HTTP
     pcap: Path | None = None
-    pcap_auth_hashes: bool = False  # keep MS-CHAP/CHAP response values in the capture (PAP: never)
-    max_auth_failures: int = 3
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    connect_timeout: float = 15.0
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -116,37 +99,43 @@ class UpSettings:
             object.__setattr__(self, "mppe", _mppe_policy("require"))
 
 
-@dataclass(frozen=True)
-class ServeSettings:
+@dataclass(frozen=True, kw_only=True)
+class UpSettings(TunnelSettings):
+    server: str
+    user: str
+    password: Secret = field(repr=False)
+    port: int = PPTP_PORT
+    routes: Literal["default"] | tuple[IPv4Network, ...] = "default"
+    dns: bool = True
+    mtu: int | None = None
+    interface: str = "pptp0"
+    tcp_ack_filter: bool = False  # leave out pure TCP acks a later one in the same batch supersedes
+    gre_window: int = DEFAULT_GRE_WINDOW_UP  # our Packet Receive Window Size, announced in the call set-up
+    reorder_window: int = DEFAULT_REORDER_WINDOW
+    reorder_timeout: float = DEFAULT_REORDER_TIMEOUT
+    kill_switch: bool = True
+    allow_subnets: tuple[IPv4Network, ...] = ()
+    http: tuple[str, int] | None = DEFAULT_HTTP
+    pcap_auth_hashes: bool = False  # keep MS-CHAP/CHAP response values in the capture (PAP: never)
+    max_auth_failures: int = 3
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    connect_timeout: float = 15.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeSettings(TunnelSettings):
     secrets: Path
     listen: tuple[str, int] = ("0.0.0.0", PPTP_PORT)
     local_ip: IPv4Address = DEFAULT_LOCAL_IP
     pool: tuple[IPv4Address, ...] = DEFAULT_POOL
-    auth: tuple[AuthMethod, ...] = ()
-    mppe: MppePolicy | None = None
-    mppe_stateful: bool = False
-    mppe_key_bits: frozenset[int] = frozenset({128})
     dns: tuple[IPv4Address, ...] = ()
     interface: str = "pptpsrv0"
-    tun_offload: bool = False
     tcp_ack_filter: bool = True
     gre_window: int = DEFAULT_GRE_WINDOW_SERVE
-    echo_interval: float = 60.0
-    echo_timeout: float = 15.0
-    lcp_echo_interval: float = 10.0
-    lcp_echo_failures: int = 3
     test_reorder: float = 0.0
     max_clients: int = 16
     http: tuple[str, int] | None = None
-    pcap: Path | None = None
-    log_level: str = "info"
-    log_format: Literal["text", "json"] = "text"
-
-    def __post_init__(self) -> None:
-        if not self.auth:
-            object.__setattr__(self, "auth", (_auth_method("mschapv2"),))
-        if self.mppe is None:
-            object.__setattr__(self, "mppe", _mppe_policy("require"))
 
 
 @dataclass(frozen=True)
