@@ -192,6 +192,28 @@ def test_send_batch_sends_in_order_and_drops_only_what_does_not_fit(
     assert got == [batch[0], batch[2]]
 
 
+def test_server_send_batch_to_a_destination_sends_in_order_and_counts_once(
+    pair: tuple[nslib.TwoHosts, GreSocket, GreSocket],
+) -> None:
+    """The server role: one batch to one client (the address resolved once), an oversized packet in
+    the middle refused and counted, the others arriving in order from the server's address."""
+    h, client, server = pair
+    batch = [gre(5, 1, b"a" * 200), gre(5, 2, b"x" * 1600), gre(5, 3, b"c" * 1000), gre(5, 4)]
+    assert server.send_batch(batch, dest=h.client_ip) == 3
+    assert server.counters.tx_packets == 3 and server.counters.tx_too_big == 1
+    assert server.counters.tx_bytes == len(batch[0]) + len(batch[2]) + len(batch[3])
+    got: list[tuple[IPv4Address, bytes]] = []
+
+    def all_arrived() -> bool:
+        got.extend(client.recv_batch())
+        return len(got) >= 3
+
+    assert nslib.wait_for(all_arrived)
+    assert got == [(h.server_ip, batch[0]), (h.server_ip, batch[2]), (h.server_ip, batch[3])]
+    with pytest.raises(ValueError, match="needs dest"):
+        server.send_batch(batch)
+
+
 def test_protocol_unreachable_from_the_server_is_transient(hosts: nslib.TwoHosts) -> None:
     """A server with no GRE socket (or an overflowing one) answers ICMP protocol unreachable; Linux
     reports it on the client's next read as ENOPROTOOPT. That must be counted, not end the session."""
