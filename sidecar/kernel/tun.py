@@ -9,6 +9,13 @@ queue until EAGAIN.
 The device is not persistent: closing the fd removes it, and with it every address and route the
 kernel attached to it.
 
+No IPv6 on the device (the sidecar negotiates no IPV6CP for it), decided *before* it comes up: at
+link-up the kernel would give the device a link-local address and, with no duplicate-address
+detection on a NOARP device, send a Router Solicitation into the tunnel at once. ``disable_ipv6``
+through /proc/sys where it is writable; where it is not (a container's read-only /proc/sys),
+netlink: no link-local address generated (``IFLA_INET6_ADDR_GEN_MODE`` none), which leaves the
+kernel nothing to send from.
+
 Offload (``offload=True``, see docs/offload.md): the device is opened with ``IFF_VNET_HDR`` and
 ``TUNSETOFFLOAD(TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6)``, so the kernel hands us TCP super-packets of
 up to 64 KB and accepts them from us; every read and write then starts with a 10-byte
@@ -57,6 +64,25 @@ class TunError(OSError):
     """The TUN device could not be created or configured; the message says why and what to do."""
 
 
+def _no_ipv6(name: str) -> None:
+    """No IPv6 on the device before it comes up (module docstring). Best effort: a kernel without
+    IPv6 has nothing to turn off."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and not os.path.exists("/proc/sys/net/ipv6"):
+            return  # no IPv6 in this kernel (or namespace)
+        why = exc.strerror
+    from sidecar.kernel.netconf import no_ipv6_link_local  # netlink: only on this path
+
+    try:
+        no_ipv6_link_local(name)
+    except OSError as exc:
+        log.debug("%s: IPv6 left on (/proc/sys: %s; netlink: %s)", name, why, exc)
+
+
 @dataclass
 class TunCounters:
     rx_packets: int = 0  # read from the device (apps -> tunnel)
@@ -95,6 +121,7 @@ class TunDevice:
             self._fd: int = self._dev.fileno()
             os.set_blocking(self._fd, False)
             self.set_mtu(mtu)
+            _no_ipv6(self.name)
             if up:
                 self._dev.up()
         except BaseException:

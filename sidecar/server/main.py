@@ -48,7 +48,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -436,7 +435,6 @@ async def serve(
             log.error("%s", exc)
             return EXIT_RUNTIME
         cleanups.append(tun.close)
-        _disable_ipv6(tun.name)
         try:
             net = _ServerNet(tun.name, settings.local_ip)
         except Exception as exc:
@@ -519,13 +517,6 @@ async def serve(
                 cleanup()
             except Exception as exc:
                 log.warning("cleanup: %s", exc)
-
-
-def _disable_ipv6(ifname: str) -> None:
-    """The server does not negotiate IPV6CP: no IPv6 on its TUN device (the kernel then sends no
-    router solicitations into it). Best effort: /proc/sys may be read-only in a container."""
-    with contextlib.suppress(OSError):
-        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
 
 
 def _name(value: Any) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import sys
+import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -49,6 +51,55 @@ def test_tun_is_created_up_with_mtu_and_vanishes_on_close(ns: nslib.Netns) -> No
     finally:
         tun.close()
     assert name not in ns.links()
+
+
+def _ipv6_state(ns: nslib.Netns, name: str) -> tuple[str, str]:
+    """(the device's IPv6 addresses, its disable_ipv6 sysctl) as the kernel reports them."""
+    addresses = ns.ip("-6", "-br", "addr", "show", "dev", name).split()[2:]
+    sysctl = ns.run(["cat", f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"]).stdout.strip()
+    return " ".join(addresses), sysctl
+
+
+def test_tun_comes_up_without_ipv6_and_sends_nothing_into_the_tunnel(ns: nslib.Netns) -> None:
+    """Without the sidecar's doing, link-up gives a TUN device a link-local address and the kernel
+    at once sends a Router Solicitation into it (NOARP: no DAD wait); IPv6 is off before it is up."""
+    name = nslib.unique("t")
+    with ns.enter():
+        tun = TunDevice(name, 1400)
+    try:
+        time.sleep(0.3)
+        assert tun.read_batch(16) == []
+        assert _ipv6_state(ns, name) == ("", "1")
+    finally:
+        tun.close()
+
+
+_READ_ONLY_PROC_SYS = """
+import time
+from sidecar.kernel.tun import TunDevice
+tun = TunDevice({name!r}, 1400)
+time.sleep(0.3)
+print(len(tun.read_batch(16)))
+import subprocess
+for argv in (["ip", "-d", "link", "show", {name!r}], ["ip", "-6", "-br", "addr", "show", "dev", {name!r}]):
+    print(subprocess.run(argv, capture_output=True, text=True).stdout)
+"""
+
+
+def test_with_a_read_only_proc_sys_as_in_a_container_netlink_keeps_ipv6_off(ns: nslib.Netns) -> None:
+    """Containers mount /proc/sys read-only: the sysctl cannot be written, so no link-local address
+    is generated instead (netlink), and still nothing is sent into the tunnel."""
+    name = nslib.unique("t")
+    script = _READ_ONLY_PROC_SYS.format(name=name)
+    shell = (
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+        "! sh -c 'echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6' 2>/dev/null && "
+        f'exec {sys.executable} -c "$SCRIPT"'
+    )
+    out = ns.run(["env", f"SCRIPT={script}", "unshare", "-m", "sh", "-c", shell]).stdout.splitlines()
+    assert out[0] == "0", out  # nothing read from the device
+    assert "addrgenmode none" in "\n".join(out), out
+    assert not any("fe80" in line for line in out), out
 
 
 def test_tun_rejects_bad_names_and_mtus(ns: nslib.Netns) -> None:
