@@ -154,7 +154,7 @@ class SessionStack:
         reorder_window: int = 64,
         reorder_timeout: float = 0.1,
         ack_delay: float | None = None,
-        ack_filter: bool = True,
+        ack_filter: bool = False,
     ) -> None:
         self.control = control
         self._make_link = make_link
@@ -513,7 +513,7 @@ def client_stack(settings: Any, *, path_mtu: int = 1500, rng: random.Random | No
         echo_interval=settings.echo_interval,
         echo_timeout=settings.echo_timeout,
         call_timeout=max(5.0, float(settings.connect_timeout)),
-        window=getattr(settings, "gre_window", ControlConfig.window),
+        window=settings.gre_window,
     )
     control = ControlConnection(Role.CLIENT, control_config, rng)
     mru = min(1500, max_mru(path_mtu))
@@ -538,5 +538,5 @@ def client_stack(settings: Any, *, path_mtu: int = 1500, rng: random.Random | No
         make_link,
         reorder_window=settings.reorder_window,
         reorder_timeout=settings.reorder_timeout,
-        ack_filter=getattr(settings, "tcp_ack_filter", False),
+        ack_filter=settings.tcp_ack_filter,
     )

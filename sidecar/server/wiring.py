@@ -55,7 +55,7 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
         hostname="pptp-sidecar",
         echo_interval=settings.echo_interval,
         echo_timeout=settings.echo_timeout,
-        window=getattr(settings, "gre_window", ControlConfig.window),
+        window=settings.gre_window,
     )
 
     tap: Any = None
@@ -93,7 +93,7 @@ def stack_factory(settings: ServeSettings) -> Callable[[Any, Callable[[str], Any
             make_link,
             reorder_window=REORDER_WINDOW,
             reorder_timeout=REORDER_TIMEOUT,
-            ack_filter=getattr(settings, "tcp_ack_filter", True),
+            ack_filter=settings.tcp_ack_filter,
         )
         if tap is not None:
             from sidecar.observe.pcap import tap_link
